@@ -1,0 +1,80 @@
+/*
+ * Row kernels: the per-ISA building blocks of every logprob computation.
+ *
+ * One logits row is handled in two steps so that a caller can produce the
+ * whole gradient row while the row is still in cache:
+ *   stats: one read of the row from memory, in L1-sized blocks (block max,
+ *          then the exponentials of the block from L1), giving the row max M,
+ *          S = sum exp(d_j) and W = sum exp(d_j) * d_j with
+ *          d_j = (x_j - M) * inv_t, accumulated in double;
+ *   grad:  out_j = exp(d_j) * (k + kb * d_j), written once, where the
+ *          caller folds the upstream gradient, 1/T and 1/S into k and kb.
+ *          The target element is then fixed up by the caller.
+ * The signatures are declared once here; every tier implements all of them.
+ */
+#ifndef TL_KERNELS_H
+#define TL_KERNELS_H
+
+#include "tinkerloss.h"
+
+#include <stdint.h>
+
+/* Exponentials of arguments below this are flushed to zero: they are
+ * < 3e-38, far below anything that can change a float32 result relative to
+ * the row maximum's term exp(0) = 1, and keeping them out avoids subnormal
+ * results. */
+#define TL_EXP_FLUSH (-86.5f)
+/* Arguments are clamped to this before use so that -inf never meets 0. */
+#define TL_ARG_CLAMP (-104.0f)
+
+typedef struct tl_rowstats {
+    float max;   /* max of the raw logits (-inf if all are -inf) */
+    int bad;     /* 1 if a NaN or +inf was seen (other fields undefined) */
+    double sum;  /* S = sum_j exp(d_j) */
+    double wsum; /* W = sum_j exp(d_j) * d_j (only when want_w) */
+} tl_rowstats;
+
+typedef struct tl_gradcoef {
+    float max;   /* M from tl_rowstats */
+    float inv_t; /* 1 / temperature */
+    float k;     /* scale of exp(d_j) */
+    float kb;    /* scale of exp(d_j) * d_j (entropy term), used if entropy */
+    int entropy; /* 0: out_j = k * exp(d_j) */
+} tl_gradcoef;
+
+/* x: one row of `v` elements of the given input dtype. */
+typedef void tl_stats_fn(const void *x, int64_t v, float inv_t, int want_w,
+                         tl_rowstats *st);
+/* out: one row of `v` elements of the output dtype. */
+typedef void tl_grad_fn(const void *x, int64_t v, const tl_gradcoef *c,
+                        void *out);
+
+typedef struct tl_kernels {
+    tl_isa isa;
+    tl_stats_fn *stats[2];   /* [input dtype] */
+    tl_grad_fn *grad[2][2];  /* [input dtype][output dtype]; NULL = none */
+} tl_kernels;
+
+extern const tl_kernels tl__kernels_scalar;
+#if defined(TL_HAVE_X86_KERNELS)
+extern const tl_kernels tl__kernels_avx2;
+extern const tl_kernels tl__kernels_avx512;
+#endif
+
+/* Round-to-nearest-even float -> bfloat16 bits (NaN kept quiet). */
+static inline uint16_t tl__bf16_round(float f)
+{
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40u);
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+static inline float tl__bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+#endif

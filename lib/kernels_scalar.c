@@ -1,0 +1,97 @@
+/* Portable reference kernels: plain C, one element at a time. */
+#include "kernels.h"
+
+#include <math.h>
+
+static inline float load(const void *x, int64_t j, int bf16)
+{
+    return bf16 ? tl__bf16_to_f32(((const uint16_t *)x)[j])
+                : ((const float *)x)[j];
+}
+
+/* exp of d <= 0 (d already clamped to >= TL_ARG_CLAMP), flushed below
+ * TL_EXP_FLUSH like the vector tiers. */
+static inline float exp_neg(float d)
+{
+    return d >= TL_EXP_FLUSH ? expf(d) : 0.0f;
+}
+
+static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
+                         tl_rowstats *st, int bf16)
+{
+    float m = -INFINITY;
+    for (int64_t j = 0; j < v; j++) {
+        float xj = load(x, j, bf16);
+        if (isnan(xj) || xj == INFINITY) {
+            st->bad = 1;
+            return;
+        }
+        if (xj > m)
+            m = xj;
+    }
+    double s = 0.0, w = 0.0;
+    if (m != -INFINITY) {
+        for (int64_t j = 0; j < v; j++) {
+            float d = fmaxf((load(x, j, bf16) - m) * inv_t, TL_ARG_CLAMP);
+            float e = exp_neg(d);
+            s += (double)e;
+            if (want_w)
+                w += (double)(e * d);
+        }
+    }
+    st->bad = 0;
+    st->max = m;
+    st->sum = s;
+    st->wsum = w;
+}
+
+static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
+                        void *out, int bf16_in, int bf16_out)
+{
+    for (int64_t j = 0; j < v; j++) {
+        float d = fmaxf((load(x, j, bf16_in) - c->max) * c->inv_t,
+                        TL_ARG_CLAMP);
+        float e = exp_neg(d);
+        float gj = c->entropy ? e * fmaf(c->kb, d, c->k) : e * c->k;
+        if (bf16_out)
+            ((uint16_t *)out)[j] = tl__bf16_round(gj);
+        else
+            ((float *)out)[j] = gj;
+    }
+}
+
+static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
+                      tl_rowstats *st)
+{
+    stats(x, v, inv_t, want_w, st, 0);
+}
+
+static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
+                       tl_rowstats *st)
+{
+    stats(x, v, inv_t, want_w, st, 1);
+}
+
+static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
+                         void *out)
+{
+    grad(x, v, c, out, 0, 0);
+}
+
+static void grad_bf16_f32(const void *x, int64_t v, const tl_gradcoef *c,
+                          void *out)
+{
+    grad(x, v, c, out, 1, 0);
+}
+
+static void grad_bf16_bf16(const void *x, int64_t v, const tl_gradcoef *c,
+                           void *out)
+{
+    grad(x, v, c, out, 1, 1);
+}
+
+const tl_kernels tl__kernels_scalar = {
+    TL_ISA_SCALAR,
+    {stats_f32, stats_bf16},
+    {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
+};

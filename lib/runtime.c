@@ -1,0 +1,183 @@
+/* Runtime state: ISA dispatch, thread count, version, error reporting. */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(TL_HAVE_X86_KERNELS)
+#include "x86/cpu.h"
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+
+const char *tl_strerror(tl_status status)
+{
+    switch (status) {
+    case TL_OK: return "success";
+    case TL_ERR_NULL: return "a required pointer is NULL";
+    case TL_ERR_SIZE: return "a count, length or stride is out of range";
+    case TL_ERR_TOKEN: return "a token id is out of range";
+    case TL_ERR_VALUE: return "a parameter value is out of range";
+    case TL_ERR_BAD_ROW: return "a logits row is not a valid distribution";
+    case TL_ERR_NOMEM: return "out of memory";
+    case TL_ERR_UNSUPPORTED: return "not supported on this machine";
+    case TL_ERR_DTYPE: return "unsupported dtype";
+    case TL_ERR_MISSING: return "a required value is missing";
+    }
+    return "unknown status";
+}
+
+tl_status tl__fail(tl_error *err, tl_status status, const char *arg,
+                   int64_t index, const char *fmt, ...)
+{
+    if (err) {
+        err->status = status;
+        snprintf(err->arg, sizeof err->arg, "%s", arg ? arg : "");
+        err->index = index;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+tl_status tl__ok(tl_error *err)
+{
+    if (err) {
+        err->status = TL_OK;
+        err->arg[0] = '\0';
+        err->index = -1;
+        err->message[0] = '\0';
+    }
+    return TL_OK;
+}
+
+const char *tl_version(void)
+{
+    return "0.1.0";
+}
+
+/* ---- ISA dispatch -------------------------------------------------------- */
+
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static tl_isa isa_best = TL_ISA_SCALAR;
+static _Atomic int isa_active = TL_ISA_SCALAR;
+
+const char *tl_isa_name(tl_isa isa)
+{
+    switch (isa) {
+    case TL_ISA_SCALAR: return "scalar";
+    case TL_ISA_AVX2: return "avx2";
+    case TL_ISA_AVX512: return "avx512";
+    }
+    return "unknown";
+}
+
+tl_status tl_isa_parse(const char *name, tl_isa *isa)
+{
+    if (!name || !isa)
+        return TL_ERR_NULL;
+    static const tl_isa all[] = {TL_ISA_SCALAR, TL_ISA_AVX2, TL_ISA_AVX512};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(name, tl_isa_name(all[i])) == 0) {
+            *isa = all[i];
+            return TL_OK;
+        }
+    return TL_ERR_VALUE;
+}
+
+static void isa_init(void)
+{
+#if defined(TL_HAVE_X86_KERNELS)
+    isa_best = tl__cpu_best_isa();
+#endif
+    tl_isa chosen = isa_best, forced;
+    const char *env = getenv("TL_ISA");
+    if (env && tl_isa_parse(env, &forced) == TL_OK && forced <= isa_best)
+        chosen = forced;
+    atomic_store(&isa_active, (int)chosen);
+}
+
+tl_isa tl_isa_best(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_best;
+}
+
+tl_isa tl_isa_active(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return (tl_isa)atomic_load(&isa_active);
+}
+
+tl_status tl_isa_set(tl_isa isa)
+{
+    pthread_once(&isa_once, isa_init);
+    if ((int)isa < TL_ISA_SCALAR || (int)isa > TL_ISA_AVX512)
+        return TL_ERR_VALUE;
+    if (isa > isa_best)
+        return TL_ERR_UNSUPPORTED;
+    atomic_store(&isa_active, (int)isa);
+    return TL_OK;
+}
+
+const tl_kernels *tl__kernels_for(tl_isa isa)
+{
+    if (isa > tl_isa_best())
+        return NULL;
+    switch (isa) {
+#if defined(TL_HAVE_X86_KERNELS)
+    case TL_ISA_AVX512: return &tl__kernels_avx512;
+    case TL_ISA_AVX2: return &tl__kernels_avx2;
+#endif
+    default: return &tl__kernels_scalar;
+    }
+}
+
+const tl_kernels *tl__kernels(void)
+{
+    return tl__kernels_for(tl_isa_active());
+}
+
+/* ---- threads --------------------------------------------------------------- */
+
+static _Atomic int global_threads = 0;
+
+tl_status tl_set_num_threads(int threads)
+{
+    if (threads < 0)
+        return TL_ERR_VALUE;
+    atomic_store(&global_threads, threads);
+    return TL_OK;
+}
+
+int tl_get_num_threads(void)
+{
+    int t = atomic_load(&global_threads);
+#ifdef _OPENMP
+    if (t == 0)
+        t = omp_get_max_threads();
+#endif
+    return t > 0 ? t : 1;
+}
+
+int tl__threads(const tl_options *opts, int64_t work)
+{
+    int t = opts && opts->threads > 0 ? opts->threads : tl_get_num_threads();
+    if (work < t)
+        t = work < 1 ? 1 : (int)work;
+    return t;
+}
+
+/* ---- bfloat16 -------------------------------------------------------------- */
+
+uint16_t tl_f32_to_bf16(float x) { return tl__bf16_round(x); }
+float tl_bf16_to_f32(uint16_t x) { return tl__bf16_to_f32(x); }

@@ -1,0 +1,94 @@
+/* AVX-512 (F, BW, VL, DQ) tier: 16 float lanes, masked tails. */
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+typedef __m512 VF;
+typedef __m512d VD;
+typedef __mmask16 VM;
+#define VW 16
+
+static inline VF vf_set1(float a) { return _mm512_set1_ps(a); }
+static inline VF vf_add(VF a, VF b) { return _mm512_add_ps(a, b); }
+static inline VF vf_sub(VF a, VF b) { return _mm512_sub_ps(a, b); }
+static inline VF vf_mul(VF a, VF b) { return _mm512_mul_ps(a, b); }
+static inline VF vf_max(VF a, VF b) { return _mm512_max_ps(a, b); }
+static inline VF vf_fmadd(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+static inline VF vf_fnmadd(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }
+
+static inline VF bf16_widen(__m256i h)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline VF vf_load(const void *p, int64_t j, int bf16)
+{
+    if (bf16)
+        return bf16_widen(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + j)));
+    return _mm512_loadu_ps((const float *)p + j);
+}
+
+static inline VF vf_load_part(const void *p, int64_t j, int64_t n, int bf16, float fill)
+{
+    const __mmask16 k = (__mmask16)((1u << n) - 1u);
+    VF v = bf16 ? bf16_widen(_mm256_maskz_loadu_epi16(k, (const uint16_t *)p + j))
+                : _mm512_maskz_loadu_ps(k, (const float *)p + j);
+    return _mm512_mask_blend_ps(k, _mm512_set1_ps(fill), v);
+}
+
+/* float -> bfloat16 bits, round to nearest even (inputs are never NaN) */
+static inline __m256i bf16_narrow(VF v)
+{
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+}
+
+static inline void vf_store(void *out, int64_t j, VF v, int bf16)
+{
+    if (bf16)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + j), bf16_narrow(v));
+    else
+        _mm512_storeu_ps((float *)out + j, v);
+}
+
+static inline void vf_store_part(void *out, int64_t j, int64_t n, VF v, int bf16)
+{
+    const __mmask16 k = (__mmask16)((1u << n) - 1u);
+    if (bf16)
+        _mm256_mask_storeu_epi16((uint16_t *)out + j, k, bf16_narrow(v));
+    else
+        _mm512_mask_storeu_ps((float *)out + j, k, v);
+}
+
+static inline VF vf_ge_zero(VF v, VF limit, VF d)
+{
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d, limit, _CMP_GE_OQ), v);
+}
+
+static inline VF vf_pow2i(VF t)
+{
+    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
+    return _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(0x3f800000)));
+}
+
+static inline float vf_hmax(VF v) { return _mm512_reduce_max_ps(v); }
+
+static inline VM vm_none(void) { return 0; }
+static inline VM vm_unord(VM m, VF v) { return m | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+static inline int vm_any(VM m) { return m != 0; }
+
+static inline VD vd_zero(void) { return _mm512_setzero_pd(); }
+static inline void vd_acc(VD *lo, VD *hi, VF v)
+{
+    *lo = _mm512_add_pd(*lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    *hi = _mm512_add_pd(*hi, _mm512_cvtps_pd(
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+static inline double vd_hsum(VD a, VD b) { return _mm512_reduce_add_pd(_mm512_add_pd(a, b)); }
+
+#define KERNEL_TABLE tl__kernels_avx512
+#define KERNEL_ISA TL_ISA_AVX512
+#include "kernels_body.h"

@@ -1,0 +1,108 @@
+#include "common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+uint64_t rng_u64(rng_t *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double rng_uniform(rng_t *r)
+{
+    return (double)(rng_u64(r) >> 11) * 0x1.0p-53;
+}
+
+double rng_normal(rng_t *r)
+{
+    double u = rng_uniform(r), v = rng_uniform(r);
+    if (u < 1e-300)
+        u = 1e-300;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+int64_t rng_int(rng_t *r, int64_t n)
+{
+    return (int64_t)(rng_u64(r) % (uint64_t)n);
+}
+
+void ref_row(const float *x, int64_t v, double t, int64_t target, double *lp,
+             double *lse, double *entropy)
+{
+    double m = -INFINITY;
+    for (int64_t j = 0; j < v; j++)
+        if ((double)x[j] / t > m)
+            m = (double)x[j] / t;
+    double s = 0.0;
+    for (int64_t j = 0; j < v; j++)
+        s += exp((double)x[j] / t - m);
+    const double l = m + log(s);
+    double h = 0.0;
+    for (int64_t j = 0; j < v; j++) {
+        const double z = (double)x[j] / t;
+        if (z != -INFINITY)
+            h -= exp(z - l) * (z - l);
+    }
+    if (lp)
+        *lp = (double)x[target] / t - l;
+    if (lse)
+        *lse = l;
+    if (entropy)
+        *entropy = h;
+}
+
+void ref_grad_row(const float *x, int64_t v, double t, int64_t target,
+                  double g, double ge, double *out)
+{
+    double l, h, rest = 0.0;
+    ref_row(x, v, t, target, NULL, &l, &h);
+    for (int64_t j = 0; j < v; j++) {
+        const double z = (double)x[j] / t;
+        const double p = z == -INFINITY ? 0.0 : exp(z - l);
+        const double logp = z == -INFINITY ? 0.0 : z - l;
+        if (j != target)
+            rest += p;
+        out[j] = (-g * p - ge * p * (logp + h)) / t;
+    }
+    /* 1 - p_target as the sum of the other probabilities: accurate when
+     * p_target is close to 1 */
+    const double z = (double)x[target] / t, p = exp(z - l);
+    out[target] = (g * rest - ge * p * (z - l + h)) / t;
+}
+
+double lp_tolerance(float got)
+{
+    const float a = fabsf(got);
+    return 1e-6 + (double)(nextafterf(a, INFINITY) - a);
+}
+
+int tiers_under_test(tl_isa out[3])
+{
+    int n = 0;
+    out[n++] = TL_ISA_SCALAR;
+    if (tl_isa_active() != TL_ISA_SCALAR)
+        out[n++] = tl_isa_active();
+    return n;
+}
+
+void fill_normal(rng_t *r, float *x, int64_t rows, int64_t v, int64_t stride,
+                 double sd, float gap)
+{
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < stride; j++)
+            x[i * stride + j] = j < v ? (float)(sd * rng_normal(r)) : gap;
+}
+
+int run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    const int run = srunner_ntests_run(sr);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    printf("tl-check: %d passed, %d failed\n", run - failed, failed);
+    return failed == 0 && run > 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
