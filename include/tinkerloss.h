@@ -56,8 +56,11 @@ typedef enum tl_status {
     TL_ERR_NOMEM = 6,       /* an internal allocation failed */
     TL_ERR_UNSUPPORTED = 7, /* not supported (e.g. ISA tier on this CPU) */
     TL_ERR_DTYPE = 8,       /* unsupported dtype or dtype combination */
-    TL_ERR_MISSING = 9      /* a required value is missing (e.g. NaN
-                               sampler logprob) */
+    TL_ERR_MISSING = 9,     /* a required value or input is missing (NaN
+                               sampler logprob, dro without beta) */
+    TL_ERR_CONFIG = 10,     /* unknown loss, config key or loss input */
+    TL_ERR_SHAPE = 11,      /* lengths or shapes of inputs disagree */
+    TL_ERR_CALLBACK = 12    /* a user callback reported failure */
 } tl_status;
 
 /* Static English description of a status (never NULL). */
@@ -66,7 +69,8 @@ TL_API const char *tl_strerror(tl_status status);
 /* Optional error detail filled by every function on failure. */
 typedef struct tl_error {
     tl_status status;  /* same value as returned */
-    char arg[64];      /* name of the offending argument, e.g. "targets" */
+    char arg[96];      /* name of the offending argument or input path,
+                          e.g. "targets", "data[2].loss_fn_inputs.weights" */
     int64_t index;     /* offending element/row index, or -1 if none */
     char message[256]; /* human-readable description, NUL-terminated */
 } tl_error;
@@ -77,8 +81,12 @@ typedef struct tl_error {
 
 typedef enum tl_dtype {
     TL_F32 = 0,  /* float */
-    TL_BF16 = 1  /* bfloat16 stored as uint16_t */
+    TL_BF16 = 1, /* bfloat16 stored as uint16_t */
+    TL_I64 = 2   /* int64_t (token ids; not valid for logits) */
 } tl_dtype;
+
+/* Most targets per position accepted by the (N, K) entry points. */
+#define TL_MAX_TARGETS 64
 
 /* A read-only view of logits [rows, vocab] with row stride `stride`. */
 typedef struct tl_logits {
@@ -108,6 +116,8 @@ typedef struct tl_options {
                            float32 numbers). Default 1. */
     int threads;        /* OpenMP threads for this call; 0 (default) uses
                            the global setting (tl_set_num_threads). */
+    int entropy;        /* batch calls: also report entropy:mean (costs a
+                           little more arithmetic). Default 0. */
 } tl_options;
 
 TL_API tl_options tl_options_default(void);
@@ -162,6 +172,29 @@ TL_API tl_status tl_logprobs_backward(const tl_logits *logits,
                                       const int64_t *targets, const float *g,
                                       const float *ge, const tl_options *opts,
                                       const tl_grad *grad, tl_error *err);
+
+/*
+ * K targets per row (e.g. top-K distillation): targets [rows, k] row-major,
+ * logprobs [rows, k]. 1 <= k <= TL_MAX_TARGETS (else TL_ERR_SIZE). The
+ * k = 1 case is tl_logprobs.
+ */
+TL_API tl_status tl_logprobs_multi(const tl_logits *logits,
+                                   const int64_t *targets, int64_t k,
+                                   const tl_options *opts, float *logprobs,
+                                   float *lse, float *entropy, tl_error *err);
+
+/*
+ * Gradient for K targets per row, g [rows, k] = dL/dlogprobs:
+ *   grad[i, j] = ( sum_q g[i, q] 1[j == t_iq] - G_i p_j
+ *                  - ge[i] p_j (log p_j + H_i) ) / T,  G_i = sum_q g[i, q]
+ * Repeated targets in a row add up. The k = 1 case is tl_logprobs_backward.
+ */
+TL_API tl_status tl_logprobs_backward_multi(const tl_logits *logits,
+                                            const int64_t *targets, int64_t k,
+                                            const float *g, const float *ge,
+                                            const tl_options *opts,
+                                            const tl_grad *grad,
+                                            tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Sequence helpers (Tinker alignment patterns)                              */
@@ -219,6 +252,347 @@ TL_API tl_status tl_compute_logprobs(const tl_logits *logits,
                                      const int64_t *tokens,
                                      const tl_options *opts, float *out,
                                      tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Losses, datums and batches                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The five built-in losses of Tinker's forward_backward. Per token, with
+ * lp the trainer logprob, q the sampler logprob, A the advantage, w the
+ * weight and r = exp(lp - q):
+ *   cross_entropy        -w lp                                 dL/dlp = -w
+ *   importance_sampling  -r A                                  -r A
+ *   ppo                  -min(r A, clamp(r, lo, hi) A)         -r A where the
+ *                        unclipped term is the minimum (ties included), else 0
+ *   cispo                -stopgrad(clamp(r, lo, hi)) lp A      -clamp(r, lo, hi) A
+ *   dro                  -(lp A - beta/2 (lp - q)^2)           -A + beta (lp - q)
+ * The loss of a batch is the plain sum over every token of every datum. */
+typedef enum tl_loss_fn {
+    TL_LOSS_CROSS_ENTROPY = 0,
+    TL_LOSS_IMPORTANCE_SAMPLING = 1,
+    TL_LOSS_PPO = 2,
+    TL_LOSS_CISPO = 3,
+    TL_LOSS_DRO = 4
+} tl_loss_fn;
+
+/* "cross_entropy", "importance_sampling", "ppo", "cispo", "dro";
+ * "unknown" otherwise. */
+TL_API const char *tl_loss_fn_name(tl_loss_fn fn);
+/* TL_ERR_CONFIG for an unknown name. */
+TL_API tl_status tl_loss_fn_parse(const char *name, tl_loss_fn *fn,
+                                  tl_error *err);
+
+/* A resolved loss configuration (what loss_fn + loss_fn_config mean). */
+typedef struct tl_loss_config {
+    tl_loss_fn fn;
+    double clip_low_threshold;  /* ppo (default 0.8), cispo (default 0) */
+    double clip_high_threshold; /* ppo (default 1.2), cispo (default 4) */
+    double beta;                /* dro: required */
+} tl_loss_config;
+
+/*
+ * Resolve a loss name and its loss_fn_config map (n pairs keys[i] ->
+ * values[i]; keys/values may be NULL when n == 0) into *cfg.
+ * Accepted keys: ppo and cispo take clip_low_threshold and
+ * clip_high_threshold; dro takes beta (required); cross_entropy and
+ * importance_sampling take none.
+ * Errors: TL_ERR_CONFIG (unknown loss name, key not taken by this loss,
+ * repeated key; index = pair index), TL_ERR_MISSING (dro without beta),
+ * TL_ERR_VALUE (non-finite value, beta < 0, clip_low_threshold >
+ * clip_high_threshold), TL_ERR_NULL.
+ */
+TL_API tl_status tl_loss_config_init(tl_loss_config *cfg, const char *loss_fn,
+                                     const char *const *keys,
+                                     const double *values, int64_t n,
+                                     tl_error *err);
+
+/* A borrowed 0-, 1- or 2-D tensor (Tinker's TensorData, dense). */
+typedef struct tl_tensor {
+    const void *data; /* float* (TL_F32) or int64_t* (TL_I64) */
+    tl_dtype dtype;
+    int ndim;         /* 0: absent; 1: [shape[0]]; 2: [shape[0], shape[1]] */
+    int64_t shape[2];
+} tl_tensor;
+
+static inline tl_tensor tl_tensor_1d(const void *data, tl_dtype dtype,
+                                     int64_t n)
+{
+    tl_tensor t;
+    t.data = data;
+    t.dtype = dtype;
+    t.ndim = 1;
+    t.shape[0] = n;
+    t.shape[1] = 1;
+    return t;
+}
+
+static inline tl_tensor tl_tensor_2d(const void *data, tl_dtype dtype,
+                                     int64_t n, int64_t k)
+{
+    tl_tensor t = tl_tensor_1d(data, dtype, n);
+    t.ndim = 2;
+    t.shape[1] = k;
+    return t;
+}
+
+/*
+ * One training datum: its loss_fn_inputs and the logits of its N positions.
+ * Inputs a loss does not take must be absent (ndim 0): a stray input is
+ * TL_ERR_CONFIG rather than silently ignored.
+ *   target_tokens        int64 [N] or [N, K] (K > 1: cross_entropy and
+ *                        importance_sampling only)      required
+ *   weights              float32, shape of target_tokens cross_entropy
+ *   logprobs             float32, shape of target_tokens the other four
+ *   advantages           float32, shape of target_tokens the other four
+ *   clip_low_threshold   float32 [N], optional per-token override of the
+ *   clip_high_threshold  config (ppo, cispo)
+ * Every input must have the same length N ("all arrays must have the same
+ * length N"): a mismatch is TL_ERR_SHAPE naming both inputs and lengths.
+ * Sampler logprobs must not be NaN (a missing logprob is never taken as 0).
+ * A packed [sum N_i, V] buffer is used by pointing each datum's logits at
+ * its rows (see tl_logits_rows).
+ */
+typedef struct tl_datum {
+    tl_tensor target_tokens;
+    tl_tensor weights;
+    tl_tensor logprobs;
+    tl_tensor advantages;
+    tl_tensor clip_low_threshold;
+    tl_tensor clip_high_threshold;
+    tl_logits logits; /* [N, V]; ignored by tl_loss_eval */
+} tl_datum;
+
+/* Rows [row0, row0 + rows) of a logits view (no check; see the caller). */
+static inline tl_logits tl_logits_rows(tl_logits lg, int64_t row0,
+                                       int64_t rows)
+{
+    const size_t es = lg.dtype == TL_BF16 ? 2 : 4;
+    lg.data = (const char *)lg.data + (size_t)(row0 * lg.stride) * es;
+    lg.rows = rows;
+    return lg;
+}
+
+/* Scalar metrics named "name:reduction", reduction in sum/mean/min/max. */
+#define TL_MAX_METRICS 32
+typedef struct tl_metric {
+    char name[64];
+    double value;
+} tl_metric;
+typedef struct tl_metrics {
+    int count;
+    tl_metric items[TL_MAX_METRICS];
+} tl_metrics;
+
+/* Add or replace a metric. TL_ERR_VALUE if the name is not
+ * "name:reduction" with a known reduction or is too long, TL_ERR_SIZE if
+ * the set is full. */
+TL_API tl_status tl_metrics_set(tl_metrics *m, const char *name,
+                                double value);
+/* Pointer to the value of a metric, or NULL if absent. */
+TL_API const double *tl_metrics_get(const tl_metrics *m, const char *name);
+
+/*
+ * forward_backward over a batch of datums, fused: for each row the logprob,
+ * the loss derivative of its token(s) and the gradient row are computed
+ * while the logits row is in cache (logits read from memory once, gradient
+ * written once).
+ *
+ * logprobs  NULL, or ndata pointers: logprobs[i] receives datum i's
+ *           [N_i * K_i] target logprobs (loss_fn_outputs[i]["logprobs"]).
+ * grads     NULL for a forward-only call, or ndata gradient buffers for the
+ *           datums' logits (see tl_grad).
+ * metrics   may be NULL; cleared, then filled with:
+ *   loss:sum                  always (summed in double in datum/token order)
+ *   tokens:sum                number of target tokens
+ *   ratio:mean, ratio:min, ratio:max, kl_sample_train_v1:mean
+ *   (mean of q - lp), kl_sample_train_v2:mean (mean of (q - lp)^2 / 2)
+ *                             losses with sampler logprobs, over sampled
+ *                             tokens (those with A != 0 or q != 0: prompt
+ *                             padding has both 0); omitted if there are none
+ *   clip_fraction:mean        ppo, cispo: sampled tokens with r outside
+ *                             [lo, hi]
+ *   entropy:mean              if opts->entropy: mean entropy per position
+ * Results do not depend on the thread count.
+ * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,
+ * TL_ERR_CONFIG (stray input), TL_ERR_MISSING (missing input, NaN sampler
+ * logprob); err->arg names the input as "data[i].loss_fn_inputs.KEY" or
+ * "data[i].logits".
+ */
+TL_API tl_status tl_forward_backward(const tl_loss_config *cfg,
+                                     const tl_datum *data, int64_t ndata,
+                                     const tl_options *opts,
+                                     float *const *logprobs,
+                                     const tl_grad *grads,
+                                     tl_metrics *metrics, tl_error *err);
+
+/* The same result computed the readable way, datum by datum:
+ * tl_logprobs_multi, then tl_loss_eval, then tl_logprobs_backward_multi
+ * (logits read twice). Kept as the reference the fused path is tested
+ * against. */
+TL_API tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
+                                               const tl_datum *data,
+                                               int64_t ndata,
+                                               const tl_options *opts,
+                                               float *const *logprobs,
+                                               const tl_grad *grads,
+                                               tl_metrics *metrics,
+                                               tl_error *err);
+
+/*
+ * The loss from given per-token logprobs (verifying a server result:
+ * logprobs[i] holds datum i's [N_i * K_i] trainer logprobs). Datum logits
+ * are not used. grad_logprobs (may be NULL) receives dL/dlogprobs per
+ * datum. Metrics as tl_forward_backward (without entropy).
+ */
+TL_API tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
+                              int64_t ndata, const float *const *logprobs,
+                              float *const *grad_logprobs,
+                              tl_metrics *metrics, tl_error *err);
+
+/*
+ * A custom loss (the forward_backward_custom pattern). Called once with
+ * the batch and its per-datum logprobs; must set *loss (the custom loss C)
+ * and grad[i][t] = dC/dlogprobs[i][t] (grad arrives zeroed), may add
+ * metrics, and returns TL_OK or an error (optionally described in err).
+ */
+typedef tl_status (*tl_custom_loss_fn)(void *user, const tl_datum *data,
+                                       int64_t ndata,
+                                       const float *const *logprobs,
+                                       double *loss, float *const *grad,
+                                       tl_metrics *metrics, tl_error *err);
+
+/*
+ * Runs the forward pass, calls fn, and chains its gradient to the logits
+ * (grads may be NULL to skip that). As Tinker does, the logits gradient is
+ * that of the linear surrogate sum(w * lp) with weights w = -dC/dlogprobs,
+ * i.e. cross_entropy with those weights; weights (may be NULL) receives w
+ * per datum so it can be compared with what a client sends. *custom_loss
+ * (may be NULL) receives C. metrics: loss:sum is the surrogate's value
+ * -sum(w * lp) (as the server reports it), tokens:sum, then the callback's
+ * metrics. Datums need target_tokens and logits; other inputs are passed
+ * through to fn unchecked. A non-finite gradient from fn is TL_ERR_VALUE.
+ */
+TL_API tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
+                                            const tl_datum *data,
+                                            int64_t ndata,
+                                            const tl_options *opts,
+                                            float *const *logprobs,
+                                            const tl_grad *grads,
+                                            float *const *weights,
+                                            double *custom_loss,
+                                            tl_metrics *metrics,
+                                            tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* KL estimators and RL helpers                                              */
+/* ------------------------------------------------------------------------ */
+
+/* KL estimators between policy lp and reference ref, per token:
+ *   k1 = lp - ref                      d/dlp = 1
+ *   k2 = (lp - ref)^2 / 2              d/dlp = lp - ref
+ *   k3 = exp(ref - lp) - (ref - lp) - 1  d/dlp = 1 - exp(ref - lp) */
+typedef enum tl_kl_estimator {
+    TL_KL_K1 = 1,
+    TL_KL_K2 = 2,
+    TL_KL_K3 = 3
+} tl_kl_estimator;
+
+/* values, grad (d/dlp) and sum (double) are each optional (NULL). Inputs
+ * must be finite (TL_ERR_VALUE, with the index). */
+TL_API tl_status tl_kl_estimate(tl_kl_estimator est, const float *lp,
+                                const float *ref, int64_t n, float *values,
+                                float *grad, double *sum, tl_error *err);
+
+/* One sequence for tl_kl_penalty. */
+typedef struct tl_kl_seq {
+    int64_t n;
+    const float *logprobs;     /* sampler logprobs q [n] */
+    const float *ref_logprobs; /* reference-model logprobs [n] */
+    const float *mask;         /* [n] 1 on action tokens, 0 elsewhere;
+                                  NULL = all 1 */
+    float *advantages;         /* [n], updated in place */
+} tl_kl_seq;
+
+/*
+ * The cookbook's KL penalty folded into advantages, over a whole batch:
+ *   d_i = (q_i - ref_i) mask_i,  avg = sum(d) / sum(mask)
+ *   penalty_i = coef mask_i (avg - d_i)
+ * then, if discount > 0, per sequence penalty_t += discount penalty_{t+1}
+ * (from the end), and A_i += penalty_i. avg_kl (may be NULL) receives avg.
+ * coef finite, discount in [0, 1]; sum(mask) must be > 0. Non-finite
+ * inputs at masked positions are TL_ERR_VALUE (ref) or TL_ERR_MISSING (q).
+ */
+TL_API tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq,
+                               double coef, double discount, double *avg_kl,
+                               tl_error *err);
+
+/* Group-centred advantages: adv[i] = rewards[i] - mean(rewards) (mean in
+ * double, no std normalisation). n >= 1, rewards finite; adv may equal
+ * rewards. */
+TL_API tl_status tl_group_advantages(const float *rewards, int64_t n,
+                                     float *adv, tl_error *err);
+
+/* A datum built by the library (owns its arrays; free with
+ * tl_datum_buf_free). All arrays have n = len(full) - 1 elements. */
+typedef struct tl_datum_buf {
+    int64_t n;
+    int64_t *input_tokens;  /* model_input = full[:-1] */
+    int64_t *target_tokens; /* full[1:] */
+    float *logprobs;        /* sampler logprobs, 0 on observation tokens */
+    float *advantages;      /* advantage on action tokens, else 0 */
+    float *mask;            /* 1 on action tokens, else 0 */
+} tl_datum_buf;
+
+TL_API void tl_datum_buf_free(tl_datum_buf *d);
+
+/* A view of a built datum as loss inputs (target_tokens, logprobs,
+ * advantages) for importance_sampling/ppo/cispo/dro; logits empty. */
+TL_API tl_datum tl_datum_buf_view(const tl_datum_buf *d);
+
+/*
+ * Single-turn sample: full = prompt + response, advantages
+ * [0] * (prompt_len - 1) + [advantage] * response_len, logprobs padded the
+ * same way with 0. response_logprobs_len must equal response_len
+ * (TL_ERR_SHAPE), every response logprob must be a number (NaN/+inf:
+ * TL_ERR_MISSING), prompt_len >= 1 and prompt_len + response_len >= 2.
+ * On success *out owns new arrays; on error *out is zeroed.
+ */
+TL_API tl_status tl_datum_from_sample(const int64_t *prompt,
+                                      int64_t prompt_len,
+                                      const int64_t *response,
+                                      int64_t response_len,
+                                      const float *response_logprobs,
+                                      int64_t response_logprobs_len,
+                                      float advantage, tl_datum_buf *out,
+                                      tl_error *err);
+
+/* One turn of a multi-turn trajectory: the full observation the policy
+ * saw, then its action and the action's sampler logprobs. */
+typedef struct tl_turn {
+    const int64_t *observation;
+    int64_t observation_len;
+    const int64_t *action;
+    int64_t action_len;
+    const float *action_logprobs;
+    int64_t action_logprobs_len;
+} tl_turn;
+
+/*
+ * Multi-turn trajectory to datums (the cookbook's rule): a running
+ * sequence grows by each turn's observation delta (observation tokens past
+ * the running sequence; advantage 0, logprob 0, mask 0) and its action
+ * (the trajectory's advantage, the sampler logprobs, mask 1). When the
+ * running sequence is not a prefix of a turn's observation, the running
+ * sequence is closed as a datum and a new one starts from that
+ * observation. Each sequence is then shifted. On success
+ * *out is an array of *ndatums datums (free with tl_datum_bufs_free).
+ * Errors as tl_datum_from_sample, with the turn index in err->index.
+ */
+TL_API tl_status tl_datums_from_trajectory(const tl_turn *turns,
+                                           int64_t nturns, float advantage,
+                                           tl_datum_buf **out,
+                                           int64_t *ndatums, tl_error *err);
+TL_API void tl_datum_bufs_free(tl_datum_buf *d, int64_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Runtime: ISA dispatch and threads                                         */

@@ -55,8 +55,9 @@ tl_status tl__check_tokens(const int64_t *ids, int64_t n, int64_t vocab,
 
 /* Report a bad logits row (NaN/+inf, all -inf, or -inf target) with the
  * reason found by rescanning the row. */
-tl_status tl__bad_row(const tl_logits *lg, int64_t row, int64_t target,
-                      const char *name, tl_error *err);
+tl_status tl__bad_row(const tl_logits *lg, int64_t row,
+                      const int64_t *targets, int64_t k, const char *name,
+                      tl_error *err);
 
 /* Results of one row's forward pass. */
 typedef struct tl_rowresult {
@@ -65,27 +66,27 @@ typedef struct tl_rowresult {
     double sum;     /* S = sum exp((x_j - max) / T) */
     double log_sum; /* log S */
     double lse;     /* logsumexp(x / T) */
-    double logprob; /* target logprob */
     double entropy; /* entropy (when requested) */
 } tl_rowresult;
 
 const void *tl__row_ptr(const tl_logits *lg, int64_t row);
 float tl__load(const tl_logits *lg, int64_t row, int64_t col);
 
-/* Forward pass of one row (one read of the logits). Returns 0, or 1 if the
- * row has NaN/+inf, is all -inf, or its target logit is -inf. Arguments are
- * assumed validated. */
+/* Forward pass of one row (one read of the logits) with k targets; writes
+ * the k target logprobs to lp. Returns 0, or 1 if the row has NaN/+inf, is
+ * all -inf, or a target logit is -inf. Arguments are assumed validated. */
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
-                    int64_t target, double temperature, int want_entropy,
-                    tl_rowresult *r);
+                    const int64_t *targets, int64_t k, double temperature,
+                    int want_entropy, tl_rowresult *r, double *lp);
 
-/* Writes the gradient row `row` of `grad` for upstream g = dL/dlogprob and
- * (if have_ge) ge = dL/dentropy, from a forward result r of the same row
- * (computed with want_entropy = have_ge). Returns 1 (writing nothing) if a
- * gradient coefficient overflows float32. */
+/* Writes gradient row `row` of `grad` for upstream g[q] = dL/dlp[q] of the
+ * k targets and (if have_ge) ge = dL/dentropy, from the forward results r
+ * and lp of the same row (computed with want_entropy = have_ge). Returns 1,
+ * writing nothing, if a gradient value overflows float32. */
 int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
-                     int64_t row, int64_t target, double temperature,
-                     const tl_rowresult *r, double g, int have_ge, double ge,
-                     const tl_grad *grad);
+                     int64_t row, const int64_t *targets, int64_t k,
+                     double temperature, const tl_rowresult *r,
+                     const double *lp, const double *g, int have_ge,
+                     double ge, const tl_grad *grad);
 
 #endif

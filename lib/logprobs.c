@@ -23,8 +23,8 @@ float tl__load(const tl_logits *lg, int64_t row, int64_t col)
 }
 
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
-                    int64_t target, double temperature, int want_entropy,
-                    tl_rowresult *r)
+                    const int64_t *targets, int64_t k, double temperature,
+                    int want_entropy, tl_rowresult *r, double *lp)
 {
     const float inv_t = (float)(1.0 / temperature);
     tl_rowstats st;
@@ -32,27 +32,35 @@ int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                            want_entropy, &st);
     if (st.bad || st.max == -INFINITY)
         return 1;
-    const float xt = tl__load(lg, row, target);
-    if (xt == -INFINITY)
-        return 1;
     r->max = st.max;
     r->inv_t = inv_t;
     r->sum = st.sum;
     r->log_sum = log(st.sum);
     r->lse = (double)st.max / temperature + r->log_sum;
-    r->logprob = ((double)xt - (double)st.max) / temperature - r->log_sum;
     r->entropy = want_entropy ? r->log_sum - st.wsum / st.sum : 0.0;
+    for (int64_t q = 0; q < k; q++) {
+        const float xt = tl__load(lg, row, targets[q]);
+        if (xt == -INFINITY)
+            return 1;
+        lp[q] = ((double)xt - (double)st.max) / temperature - r->log_sum;
+    }
     return 0;
 }
 
 int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
-                     int64_t row, int64_t target, double temperature,
-                     const tl_rowresult *r, double g, int have_ge, double ge,
-                     const tl_grad *grad)
+                     int64_t row, const int64_t *targets, int64_t k,
+                     double temperature, const tl_rowresult *r,
+                     const double *lp, const double *g, int have_ge,
+                     double ge, const tl_grad *grad)
 {
-    /* out_j = p_j (a + b log p_j) with p_j = e_j / S and
-     * log p_j = d_j - log S, so out_j = e_j (k + kb d_j). */
-    const double a = -(g + (have_ge ? ge * r->entropy : 0.0)) / temperature;
+    /* With G = sum_q g_q, every element gets
+     *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
+     * and p_j = e_j / S, log p_j = d_j - log S give e_j (k + kb d_j). */
+    double gsum = 0.0;
+    for (int64_t q = 0; q < k; q++)
+        gsum += g[q];
+    const double h = have_ge ? r->entropy : 0.0;
+    const double a = -(gsum + (have_ge ? ge * h : 0.0)) / temperature;
     const double b = have_ge ? -ge / temperature : 0.0;
     tl_gradcoef c;
     c.max = r->max;
@@ -60,22 +68,36 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
     c.k = (float)((a - b * r->log_sum) / r->sum);
     c.kb = (float)(b / r->sum);
     c.entropy = have_ge && ge != 0.0;
-    /* the target element, directly: (g (1 - p_t) - ge p_t (log p_t + H)) / T */
-    const double pt = exp(r->logprob), one_minus_pt = -expm1(r->logprob);
-    const double gt =
-        (g * one_minus_pt -
-         (have_ge ? ge * pt * (r->logprob + r->entropy) : 0.0)) /
-        temperature;
-    if (!isfinite(c.k) || !isfinite(c.kb) || !isfinite((float)gt))
+    if (!isfinite(c.k) || !isfinite(c.kb))
         return 1;
+    /* target elements, computed directly in double:
+     *   (G_j - G p_j - ge p_j (log p_j + H)) / T
+     * with G_j the upstream gradient of every target equal to j, and
+     * G_j - G p_j = G (1 - p_j) = -G expm1(log p_j) when G_j = G. */
+    float fix[TL_MAX_TARGETS];
+    for (int64_t q = 0; q < k; q++) {
+        double gj = 0.0;
+        for (int64_t u = 0; u < k; u++)
+            if (targets[u] == targets[q])
+                gj += g[u];
+        const double p = exp(lp[q]);
+        const double main = gj == gsum ? -gsum * expm1(lp[q]) : gj - gsum * p;
+        const double v =
+            (main - (have_ge ? ge * p * (lp[q] + h) : 0.0)) / temperature;
+        fix[q] = (float)v;
+        if (!isfinite(fix[q]))
+            return 1;
+    }
     const size_t es = elem_size(grad->dtype);
     char *out = (char *)grad->data + (size_t)row * (size_t)grad->stride * es;
     kern->grad[lg->dtype][grad->dtype](tl__row_ptr(lg, row), lg->vocab, &c,
                                        out);
-    if (grad->dtype == TL_BF16)
-        ((uint16_t *)out)[target] = tl__bf16_round((float)gt);
-    else
-        ((float *)out)[target] = (float)gt;
+    for (int64_t q = 0; q < k; q++) {
+        if (grad->dtype == TL_BF16)
+            ((uint16_t *)out)[targets[q]] = tl__bf16_round(fix[q]);
+        else
+            ((float *)out)[targets[q]] = fix[q];
+    }
     return 0;
 }
 
@@ -88,14 +110,25 @@ static int64_t first_flag(const unsigned char *flags, int64_t n)
     return -1;
 }
 
-tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
-                      const tl_options *opts, float *logprobs, float *lse,
-                      float *entropy, tl_error *err)
+static tl_status check_k(int64_t k, tl_error *err)
+{
+    if (k < 1 || k > TL_MAX_TARGETS)
+        return tl__fail(err, TL_ERR_SIZE, "k", -1,
+                        "k (targets per row) must be in [1, %d], got %lld",
+                        TL_MAX_TARGETS, (long long)k);
+    return TL_OK;
+}
+
+tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
+                            int64_t k, const tl_options *opts,
+                            float *logprobs, float *lse, float *entropy,
+                            tl_error *err)
 {
     tl_options o;
     tl_status s;
     if ((s = tl__check_options(opts, &o, err)) ||
-        (s = tl__check_logits(logits, "logits", err)))
+        (s = tl__check_logits(logits, "logits", err)) ||
+        (s = check_k(k, err)))
         return s;
     const int64_t n = logits->rows;
     if (n == 0)
@@ -103,14 +136,16 @@ tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
     if (!logprobs)
         return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
                         "logprobs is NULL with %lld rows", (long long)n);
-    if ((s = tl__check_tokens(targets, n, logits->vocab, "targets", err)))
+    if ((s = tl__check_tokens(targets, n * k, logits->vocab, "targets", err)))
         return s;
 
     /* results are staged so that a bad row leaves the outputs untouched */
     tl_rowresult *res = malloc((size_t)n * sizeof *res);
+    double *lp = malloc((size_t)(n * k) * sizeof *lp);
     unsigned char *bad = calloc((size_t)n, 1);
-    if (!res || !bad) {
+    if (!res || !lp || !bad) {
         free(res);
+        free(lp);
         free(bad);
         return tl__fail(err, TL_ERR_NOMEM, "", -1,
                         "cannot allocate %lld row results", (long long)n);
@@ -119,15 +154,17 @@ tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
     const int want_h = entropy != NULL;
 #pragma omp parallel for schedule(static) num_threads(tl__threads(&o, n))
     for (int64_t i = 0; i < n; i++)
-        bad[i] = (unsigned char)tl__row_forward(kern, logits, i, targets[i],
+        bad[i] = (unsigned char)tl__row_forward(kern, logits, i,
+                                                targets + i * k, k,
                                                 o.temperature, want_h,
-                                                &res[i]);
+                                                &res[i], lp + i * k);
     const int64_t b = first_flag(bad, n);
     if (b >= 0) {
-        s = tl__bad_row(logits, b, targets[b], "logits", err);
+        s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
     } else {
+        for (int64_t i = 0; i < n * k; i++)
+            logprobs[i] = (float)lp[i];
         for (int64_t i = 0; i < n; i++) {
-            logprobs[i] = (float)res[i].logprob;
             if (lse)
                 lse[i] = (float)res[i].lse;
             if (entropy)
@@ -136,26 +173,38 @@ tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
         s = tl__ok(err);
     }
     free(res);
+    free(lp);
     free(bad);
     return s;
 }
 
-tl_status tl_logprobs_backward(const tl_logits *logits,
-                               const int64_t *targets, const float *g,
-                               const float *ge, const tl_options *opts,
-                               const tl_grad *grad, tl_error *err)
+tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
+                      const tl_options *opts, float *logprobs, float *lse,
+                      float *entropy, tl_error *err)
+{
+    return tl_logprobs_multi(logits, targets, 1, opts, logprobs, lse, entropy,
+                             err);
+}
+
+tl_status tl_logprobs_backward_multi(const tl_logits *logits,
+                                     const int64_t *targets, int64_t k,
+                                     const float *g, const float *ge,
+                                     const tl_options *opts,
+                                     const tl_grad *grad, tl_error *err)
 {
     tl_options o;
     tl_status s;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__check_logits(logits, "logits", err)) ||
+        (s = check_k(k, err)) ||
         (s = tl__check_grad(grad, logits, "grad", err)))
         return s;
     const int64_t n = logits->rows;
     if (n == 0)
         return tl__ok(err);
-    if ((s = tl__check_tokens(targets, n, logits->vocab, "targets", err)) ||
-        (s = tl__check_finite(g, n, "g", err)) ||
+    if ((s = tl__check_tokens(targets, n * k, logits->vocab, "targets",
+                              err)) ||
+        (s = tl__check_finite(g, n * k, "g", err)) ||
         (ge && (s = tl__check_finite(ge, n, "ge", err))))
         return s;
 
@@ -168,25 +217,35 @@ tl_status tl_logprobs_backward(const tl_logits *logits,
 #pragma omp parallel for schedule(static) num_threads(tl__threads(&o, n))
     for (int64_t i = 0; i < n; i++) {
         tl_rowresult r;
-        if (tl__row_forward(kern, logits, i, targets[i], o.temperature,
-                            have_ge, &r))
+        double lp[TL_MAX_TARGETS], gd[TL_MAX_TARGETS];
+        for (int64_t q = 0; q < k; q++)
+            gd[q] = (double)g[i * k + q];
+        if (tl__row_forward(kern, logits, i, targets + i * k, k,
+                            o.temperature, have_ge, &r, lp))
             bad[i] = 1;
-        else if (tl__row_backward(kern, logits, i, targets[i], o.temperature,
-                                  &r, (double)g[i], have_ge,
-                                  have_ge ? (double)ge[i] : 0.0,
-                                  grad))
+        else if (tl__row_backward(kern, logits, i, targets + i * k, k,
+                                  o.temperature, &r, lp, gd, have_ge,
+                                  have_ge ? (double)ge[i] : 0.0, grad))
             bad[i] = 2;
     }
     const int64_t b = first_flag(bad, n);
     if (b < 0)
         s = tl__ok(err);
     else if (bad[b] == 1)
-        s = tl__bad_row(logits, b, targets[b], "logits", err);
+        s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
     else
         s = tl__fail(err, TL_ERR_VALUE, "g", b,
                      "the gradient of row %lld overflows float32 "
-                     "(g = %g, temperature = %g)", (long long)b,
-                     (double)g[b], o.temperature);
+                     "(temperature = %g)", (long long)b, o.temperature);
     free(bad);
     return s;
+}
+
+tl_status tl_logprobs_backward(const tl_logits *logits,
+                               const int64_t *targets, const float *g,
+                               const float *ge, const tl_options *opts,
+                               const tl_grad *grad, tl_error *err)
+{
+    return tl_logprobs_backward_multi(logits, targets, 1, g, ge, opts, grad,
+                                      err);
 }

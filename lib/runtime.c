@@ -29,7 +29,10 @@ const char *tl_strerror(tl_status status)
     case TL_ERR_NOMEM: return "out of memory";
     case TL_ERR_UNSUPPORTED: return "not supported on this machine";
     case TL_ERR_DTYPE: return "unsupported dtype";
-    case TL_ERR_MISSING: return "a required value is missing";
+    case TL_ERR_MISSING: return "a required value or input is missing";
+    case TL_ERR_CONFIG: return "unknown loss, config key or loss input";
+    case TL_ERR_SHAPE: return "input lengths or shapes disagree";
+    case TL_ERR_CALLBACK: return "a user callback failed";
     }
     return "unknown status";
 }

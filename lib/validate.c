@@ -9,6 +9,7 @@ tl_options tl_options_default(void)
     tl_options o;
     o.temperature = 1.0;
     o.threads = 0;
+    o.entropy = 0;
     return o;
 }
 
@@ -131,8 +132,9 @@ tl_status tl__check_finite(const float *x, int64_t n, const char *name,
     return TL_OK;
 }
 
-tl_status tl__bad_row(const tl_logits *lg, int64_t row, int64_t target,
-                      const char *name, tl_error *err)
+tl_status tl__bad_row(const tl_logits *lg, int64_t row,
+                      const int64_t *targets, int64_t k, const char *name,
+                      tl_error *err)
 {
     const size_t es = dtype_size(lg->dtype);
     const char *base = (const char *)lg->data + (size_t)row *
@@ -154,6 +156,10 @@ tl_status tl__bad_row(const tl_logits *lg, int64_t row, int64_t target,
         return tl__fail(err, TL_ERR_BAD_ROW, name, row,
                         "%s row %lld is -inf everywhere", name,
                         (long long)row);
+    int64_t target = targets[0];
+    for (int64_t q = 0; q < k; q++)
+        if (tl__load(lg, row, targets[q]) == -INFINITY)
+            target = targets[q];
     return tl__fail(err, TL_ERR_BAD_ROW, name, row,
                     "%s row %lld: the target token %lld has logit -inf "
                     "(probability 0)", name, (long long)row,

@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 uint64_t rng_u64(rng_t *r)
 {
@@ -105,4 +106,33 @@ int run_suite(Suite *s)
     srunner_free(sr);
     printf("tl-check: %d passed, %d failed\n", run - failed, failed);
     return failed == 0 && run > 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static double clampd(double x, double lo, double hi)
+{
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+void ref_loss_token(const char *fn, double lp, double q, double a, double w,
+                    double lo, double hi, double beta, double *loss,
+                    double *g)
+{
+    const double r = exp(lp - q);
+    if (!strcmp(fn, "cross_entropy")) {
+        *loss = -w * lp;
+        *g = -w;
+    } else if (!strcmp(fn, "importance_sampling")) {
+        *loss = -r * a;
+        *g = -r * a;
+    } else if (!strcmp(fn, "ppo")) {
+        *loss = -fmin(r * a, clampd(r, lo, hi) * a);
+        /* the unclipped term is the minimum (ties included): -rA, else 0 */
+        *g = r * a <= clampd(r, lo, hi) * a ? -r * a : 0.0;
+    } else if (!strcmp(fn, "cispo")) {
+        *loss = -clampd(r, lo, hi) * lp * a;
+        *g = -clampd(r, lo, hi) * a;
+    } else { /* dro */
+        *loss = -(lp * a - 0.5 * beta * (lp - q) * (lp - q));
+        *g = -a + beta * (lp - q);
+    }
 }

@@ -24,6 +24,12 @@ void ref_row(const float *x, int64_t v, double t, int64_t target, double *lp,
 void ref_grad_row(const float *x, int64_t v, double t, int64_t target,
                   double g, double ge, double *out);
 
+/* Independent float64 loss of one token and dL/dlp, written from the
+ * formulas of the loss table (fn is the loss name). */
+void ref_loss_token(const char *fn, double lp, double q, double a, double w,
+                    double lo, double hi, double beta, double *loss,
+                    double *g);
+
 /* Bound of the logprob contract: 1e-6 + 1 ulp of the float32 result. */
 double lp_tolerance(float got);
 

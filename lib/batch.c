@@ -1,0 +1,405 @@
+/* Batches of datums: the fused forward+loss+backward, the readable
+ * reference composition, and custom losses. */
+#include "losses.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Validated batch: shapes and row/token offsets of every datum. */
+typedef struct batch {
+    int64_t ndata;
+    tl_datum_shape *shape;
+    int64_t *row_off; /* ndata + 1 */
+    int64_t *tok_off; /* ndata + 1 */
+    int64_t *row_datum; /* datum of each global row */
+} batch;
+
+static void batch_free(batch *b)
+{
+    free(b->shape);
+    free(b->row_off);
+    free(b->tok_off);
+    free(b->row_datum);
+}
+
+static tl_status check_outputs(const tl_datum *data, const batch *b,
+                               float *const *logprobs, const tl_grad *grads,
+                               tl_error *err)
+{
+    for (int64_t i = 0; i < b->ndata; i++) {
+        if (logprobs && b->shape[i].n > 0 && !logprobs[i])
+            return tl__fail(err, TL_ERR_NULL, "logprobs", i,
+                            "logprobs[%lld] is NULL", (long long)i);
+        if (grads) {
+            char name[48];
+            snprintf(name, sizeof name, "grads[%lld]", (long long)i);
+            tl_status s = tl__check_grad(&grads[i], &data[i].logits, name, err);
+            if (s)
+                return s;
+        }
+    }
+    return TL_OK;
+}
+
+/* Validate every datum (cfg NULL: custom loss) and lay out the batch. */
+static tl_status batch_init(batch *b, const tl_loss_config *cfg,
+                            const tl_datum *data, int64_t ndata,
+                            float *const *logprobs, const tl_grad *grads,
+                            tl_error *err)
+{
+    memset(b, 0, sizeof *b);
+    tl_status s;
+    if (cfg && (s = tl__check_config(cfg, err)))
+        return s;
+    if (ndata < 0)
+        return tl__fail(err, TL_ERR_SIZE, "ndata", -1,
+                        "ndata must be >= 0, got %lld", (long long)ndata);
+    if (ndata > 0 && !data)
+        return tl__fail(err, TL_ERR_NULL, "data", -1,
+                        "data is NULL with %lld datums", (long long)ndata);
+    b->ndata = ndata;
+    b->shape = malloc((size_t)(ndata + 1) * sizeof *b->shape);
+    b->row_off = malloc((size_t)(ndata + 1) * sizeof *b->row_off);
+    b->tok_off = malloc((size_t)(ndata + 1) * sizeof *b->tok_off);
+    if (!b->shape || !b->row_off || !b->tok_off) {
+        batch_free(b);
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot allocate the batch");
+    }
+    b->row_off[0] = b->tok_off[0] = 0;
+    for (int64_t i = 0; i < ndata; i++) {
+        if ((s = tl__check_datum(cfg, &data[i], i, 1, &b->shape[i], err))) {
+            batch_free(b);
+            return s;
+        }
+        b->row_off[i + 1] = b->row_off[i] + b->shape[i].n;
+        b->tok_off[i + 1] = b->tok_off[i] + b->shape[i].n * b->shape[i].k;
+    }
+    if ((s = check_outputs(data, b, logprobs, grads, err))) {
+        batch_free(b);
+        return s;
+    }
+    const int64_t rows = b->row_off[ndata];
+    b->row_datum = malloc((size_t)(rows + 1) * sizeof *b->row_datum);
+    if (!b->row_datum) {
+        batch_free(b);
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot allocate the batch");
+    }
+    for (int64_t i = 0; i < ndata; i++)
+        for (int64_t r = b->row_off[i]; r < b->row_off[i + 1]; r++)
+            b->row_datum[r] = i;
+    return TL_OK;
+}
+
+/* Report the failure of global row r (1: bad logits row, 2: overflow). */
+static tl_status row_error(const tl_datum *data, const batch *b, int64_t r,
+                           int code, tl_error *err)
+{
+    const int64_t i = b->row_datum[r], row = r - b->row_off[i];
+    const int64_t k = b->shape[i].k;
+    const int64_t *tok = (const int64_t *)data[i].target_tokens.data + row * k;
+    char name[48];
+    snprintf(name, sizeof name, "data[%lld].logits", (long long)i);
+    if (code == 1)
+        return tl__bad_row(&data[i].logits, row, tok, k, name, err);
+    return tl__fail(err, TL_ERR_VALUE, name, row,
+                    "the gradient of %s row %lld overflows float32", name,
+                    (long long)row);
+}
+
+tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
+                              int64_t ndata, const tl_options *opts,
+                              float *const *logprobs, const tl_grad *grads,
+                              tl_metrics *metrics, tl_error *err)
+{
+    tl_options o;
+    tl_status s;
+    batch b;
+    if ((s = tl__check_options(opts, &o, err)) ||
+        (s = batch_init(&b, cfg, data, ndata, logprobs, grads, err)))
+        return s;
+    const int64_t rows = b.row_off[ndata], toks = b.tok_off[ndata];
+    /* per token: logprob and loss; per row: entropy and a status */
+    double *lp = malloc((size_t)(toks + 1) * sizeof *lp);
+    double *loss = malloc((size_t)(toks + 1) * sizeof *loss);
+    double *ent = malloc((size_t)(rows + 1) * sizeof *ent);
+    unsigned char *bad = calloc((size_t)(rows + 1), 1);
+    if (!lp || !loss || !ent || !bad) {
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1,
+                     "cannot allocate %lld token results", (long long)toks);
+        goto done;
+    }
+    const tl_kernels *kern = tl__kernels();
+#pragma omp parallel for schedule(static) num_threads(tl__threads(&o, rows))
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = b.row_datum[r], row = r - b.row_off[i];
+        const int64_t k = b.shape[i].k, t0 = b.tok_off[i] + row * k;
+        const tl_datum *d = &data[i];
+        const int64_t *tok = (const int64_t *)d->target_tokens.data + row * k;
+        tl_rowresult rr;
+        if (tl__row_forward(kern, &d->logits, row, tok, k, o.temperature,
+                            o.entropy, &rr, lp + t0)) {
+            bad[r] = 1;
+            continue;
+        }
+        ent[r] = rr.entropy;
+        double g[TL_MAX_TARGETS];
+        for (int64_t q = 0; q < k; q++) {
+            /* the loss sees the float32 logprob that is returned, as a
+             * server's loss does and as tl_loss_eval would */
+            tl_tokin in;
+            tl__token_inputs(cfg, d, row * k + q, k, &in);
+            tl__loss_token(cfg, (double)(float)lp[t0 + q], &in, &loss[t0 + q],
+                           &g[q]);
+        }
+        if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
+                                      o.temperature, &rr, lp + t0, g, 0, 0.0,
+                                      &grads[i]))
+            bad[r] = 2;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        if (bad[r]) {
+            s = row_error(data, &b, r, bad[r], err);
+            goto done;
+        }
+    /* outputs and metrics, sequentially in datum/token order */
+    tl_lossacc acc;
+    tl__acc_init(&acc);
+    for (int64_t i = 0; i < ndata; i++) {
+        const int64_t k = b.shape[i].k, t0 = b.tok_off[i];
+        for (int64_t t = 0; t < b.tok_off[i + 1] - t0; t++) {
+            tl_tokin in;
+            tl__token_inputs(cfg, &data[i], t, k, &in);
+            tl__acc_token(&acc, cfg, (double)(float)lp[t0 + t], &in,
+                          loss[t0 + t]);
+            if (logprobs)
+                logprobs[i][t] = (float)lp[t0 + t];
+        }
+    }
+    if (o.entropy)
+        for (int64_t r = 0; r < rows; r++) {
+            acc.ent_sum += ent[r];
+            acc.ent_rows++;
+        }
+    tl__acc_metrics(&acc, cfg, metrics);
+    s = tl__ok(err);
+done:
+    free(lp);
+    free(loss);
+    free(ent);
+    free(bad);
+    batch_free(&b);
+    return s;
+}
+
+/* Prefix the datum index to an error from a per-datum call. */
+static tl_status in_datum(tl_status s, int64_t i, tl_error *err)
+{
+    if (s && err) {
+        char arg[sizeof err->arg + 32];
+        snprintf(arg, sizeof arg, "data[%lld].%s", (long long)i, err->arg);
+        arg[sizeof err->arg - 1] = '\0';
+        memcpy(err->arg, arg, sizeof err->arg);
+    }
+    return s;
+}
+
+/* Per-datum float32 logprobs and dL/dlogprobs of a batch, as the
+ * reference and custom paths hand them around. */
+typedef struct fwd_bufs {
+    float *lp, *g, *ent;
+    const float **lpd; /* lpd[i] = lp + tok_off[i] */
+    float **gd;        /* gd[i] = g + tok_off[i] (zeroed) */
+} fwd_bufs;
+
+static void fwd_free(fwd_bufs *f)
+{
+    free(f->lp);
+    free(f->g);
+    free(f->ent);
+    free(f->lpd);
+    free(f->gd);
+}
+
+/* Allocate and run the forward pass of every datum (tl_logprobs_multi);
+ * entropy per row if want_entropy. */
+static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
+                         const tl_options *o, int want_entropy, tl_error *err)
+{
+    const int64_t nd = b->ndata, toks = b->tok_off[nd], rows = b->row_off[nd];
+    f->lp = malloc((size_t)(toks + 1) * sizeof *f->lp);
+    f->g = calloc((size_t)(toks + 1), sizeof *f->g);
+    f->ent = malloc((size_t)(rows + 1) * sizeof *f->ent);
+    f->lpd = malloc((size_t)(nd + 1) * sizeof *f->lpd);
+    f->gd = malloc((size_t)(nd + 1) * sizeof *f->gd);
+    if (!f->lp || !f->g || !f->ent || !f->lpd || !f->gd)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1,
+                        "cannot allocate %lld tokens", (long long)toks);
+    for (int64_t i = 0; i < nd; i++) {
+        f->lpd[i] = f->lp + b->tok_off[i];
+        f->gd[i] = f->g + b->tok_off[i];
+        tl_status s = tl_logprobs_multi(
+            &data[i].logits, data[i].target_tokens.data, b->shape[i].k, o,
+            f->lp + b->tok_off[i], NULL,
+            want_entropy ? f->ent + b->row_off[i] : NULL, err);
+        if ((s = in_datum(s, i, err)))
+            return s;
+    }
+    return TL_OK;
+}
+
+/* Chain per-datum dL/dlogprobs gd to the logits gradients. */
+static tl_status bwd_run(const fwd_bufs *f, const tl_datum *data,
+                         const batch *b, const tl_options *o,
+                         const tl_grad *grads, tl_error *err)
+{
+    for (int64_t i = 0; grads && i < b->ndata; i++) {
+        tl_status s = tl_logprobs_backward_multi(
+            &data[i].logits, data[i].target_tokens.data, b->shape[i].k,
+            f->gd[i], NULL, o, &grads[i], err);
+        if ((s = in_datum(s, i, err)))
+            return s;
+    }
+    return TL_OK;
+}
+
+tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
+                                        const tl_datum *data, int64_t ndata,
+                                        const tl_options *opts,
+                                        float *const *logprobs,
+                                        const tl_grad *grads,
+                                        tl_metrics *metrics, tl_error *err)
+{
+    tl_options o;
+    tl_status s;
+    batch b;
+    if ((s = tl__check_options(opts, &o, err)) ||
+        (s = batch_init(&b, cfg, data, ndata, logprobs, grads, err)))
+        return s;
+    const int64_t rows = b.row_off[ndata];
+    fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
+    /* 1. logprobs of every datum; 2. the loss and dL/dlogprobs from them;
+     * 3. dL/dlogprobs chained to the logits */
+    if ((s = fwd_run(&f, data, &b, &o, o.entropy, err)) ||
+        (s = tl_loss_eval(cfg, data, ndata, f.lpd, f.gd, metrics, err)) ||
+        (s = bwd_run(&f, data, &b, &o, grads, err)))
+        goto done;
+    if (metrics && o.entropy && rows > 0) {
+        double sum = 0.0;
+        for (int64_t r = 0; r < rows; r++)
+            sum += (double)f.ent[r];
+        tl_metrics_set(metrics, "entropy:mean", sum / (double)rows);
+    }
+    for (int64_t i = 0; logprobs && i < ndata; i++)
+        memcpy(logprobs[i], f.lpd[i],
+               (size_t)(b.tok_off[i + 1] - b.tok_off[i]) * sizeof *f.lp);
+    s = tl__ok(err);
+done:
+    fwd_free(&f);
+    batch_free(&b);
+    return s;
+}
+
+/* Merge the callback's metrics after ours (theirs win on equal names). */
+static tl_status merge_metrics(tl_metrics *dst, const tl_metrics *src,
+                               tl_error *err)
+{
+    for (int i = 0; i < src->count && i < TL_MAX_METRICS; i++)
+        if (tl_metrics_set(dst, src->items[i].name, src->items[i].value))
+            return tl__fail(err, TL_ERR_CALLBACK, "metrics", i,
+                            "custom loss metric '%s' is not a valid "
+                            "'name:reduction' or does not fit",
+                            src->items[i].name);
+    return TL_OK;
+}
+
+tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
+                                     const tl_datum *data, int64_t ndata,
+                                     const tl_options *opts,
+                                     float *const *logprobs,
+                                     const tl_grad *grads,
+                                     float *const *weights,
+                                     double *custom_loss,
+                                     tl_metrics *metrics, tl_error *err)
+{
+    if (!fn)
+        return tl__fail(err, TL_ERR_NULL, "fn", -1, "fn is NULL");
+    tl_options o;
+    tl_status s;
+    batch b;
+    if ((s = tl__check_options(opts, &o, err)) ||
+        (s = batch_init(&b, NULL, data, ndata, logprobs, grads, err)))
+        return s;
+    for (int64_t i = 0; weights && i < ndata; i++)
+        if (b.shape[i].n > 0 && !weights[i]) {
+            batch_free(&b);
+            return tl__fail(err, TL_ERR_NULL, "weights", i,
+                            "weights[%lld] is NULL", (long long)i);
+        }
+    const int64_t toks = b.tok_off[ndata];
+    fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
+    tl_metrics *user_m = calloc(1, sizeof *user_m);
+    if (!user_m) {
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+        goto done;
+    }
+    /* forward: the logprobs the callback sees */
+    if ((s = fwd_run(&f, data, &b, &o, 0, err)))
+        goto done;
+    double c = NAN;
+    if (err)
+        tl__ok(err);
+    s = fn(user, data, ndata, f.lpd, &c, f.gd, user_m, err);
+    if (s) {
+        if (!err || err->status == TL_OK)
+            tl__fail(err, s, "fn", -1, "custom loss callback failed: %s",
+                     tl_strerror(s));
+        goto done;
+    }
+    if (!isfinite(c)) {
+        s = tl__fail(err, TL_ERR_CALLBACK, "loss", -1,
+                     "custom loss returned a non-finite loss %g", c);
+        goto done;
+    }
+    /* surrogate: cross_entropy with weights w = -dC/dlp, whose loss is
+     * -sum(w lp) = sum(g lp) and whose gradient is g */
+    double surrogate = 0.0;
+    for (int64_t i = 0; i < ndata; i++)
+        for (int64_t t = 0; t < b.tok_off[i + 1] - b.tok_off[i]; t++) {
+            const float gt = f.gd[i][t];
+            if (!isfinite(gt)) {
+                char name[48];
+                snprintf(name, sizeof name, "grad[%lld]", (long long)i);
+                s = tl__fail(err, TL_ERR_VALUE, name, t,
+                             "custom loss gradient %s[%lld] = %g is not "
+                             "finite", name, (long long)t, (double)gt);
+                goto done;
+            }
+            surrogate += (double)gt * (double)f.lpd[i][t];
+        }
+    if (metrics) {
+        memset(metrics, 0, sizeof *metrics);
+        tl_metrics_set(metrics, "loss:sum", surrogate);
+        tl_metrics_set(metrics, "tokens:sum", (double)toks);
+        if ((s = merge_metrics(metrics, user_m, err)))
+            goto done;
+    }
+    if ((s = bwd_run(&f, data, &b, &o, grads, err)))
+        goto done;
+    for (int64_t i = 0; i < ndata; i++)
+        for (int64_t t = 0; t < b.tok_off[i + 1] - b.tok_off[i]; t++) {
+            if (logprobs)
+                logprobs[i][t] = f.lpd[i][t];
+            if (weights)
+                weights[i][t] = -f.gd[i][t];
+        }
+    if (custom_loss)
+        *custom_loss = c;
+    s = tl__ok(err);
+done:
+    fwd_free(&f);
+    free(user_m);
+    batch_free(&b);
+    return s;
+}

@@ -1,0 +1,53 @@
+/* Private interface of the losses: per-token math, datum validation and the
+ * metric accumulator shared by the fused, reference and custom paths. */
+#ifndef TL_LOSSES_H
+#define TL_LOSSES_H
+
+#include "internal.h"
+
+/* Shape of a validated datum. */
+typedef struct tl_datum_shape {
+    int64_t n; /* positions */
+    int64_t k; /* targets per position */
+} tl_datum_shape;
+
+/* Validate datum i for cfg (cfg NULL: custom loss, only target_tokens and
+ * logits are checked). need_logits: logits must be valid with N rows and
+ * the targets within its vocabulary. */
+tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
+                          int64_t i, int need_logits, tl_datum_shape *shape,
+                          tl_error *err);
+
+/* Validate a config (as produced by tl_loss_config_init or by hand). */
+tl_status tl__check_config(const tl_loss_config *cfg, tl_error *err);
+
+/* Inputs of token t (flat index) of a validated datum. */
+typedef struct tl_tokin {
+    double q, a, w, lo, hi;
+} tl_tokin;
+void tl__token_inputs(const tl_loss_config *cfg, const tl_datum *d,
+                      int64_t t, int64_t k, tl_tokin *in);
+
+/* Loss of one token and its derivative with respect to lp, in double,
+ * following PyTorch autograd of the reference formulas. */
+void tl__loss_token(const tl_loss_config *cfg, double lp, const tl_tokin *in,
+                    double *loss, double *dlp);
+
+/* Metric accumulator, fed in datum/token order. */
+typedef struct tl_lossacc {
+    double loss;
+    int64_t tokens;
+    int64_t sampled, clipped;
+    double r_sum, r_min, r_max, kl1, kl2;
+    double ent_sum;
+    int64_t ent_rows;
+} tl_lossacc;
+
+void tl__acc_init(tl_lossacc *acc);
+void tl__acc_token(tl_lossacc *acc, const tl_loss_config *cfg, double lp,
+                   const tl_tokin *in, double loss);
+/* Clear m and write the accumulated metrics; entropy:mean if ent_rows. */
+void tl__acc_metrics(const tl_lossacc *acc, const tl_loss_config *cfg,
+                     tl_metrics *m);
+
+#endif
