@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Compile and run every C example of README.md against the built library:
+the documentation must match the code.
+usage: check_readme.py README CC INCLUDE_DIR LIBRARY"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+
+def main(readme, cc, inc, lib):
+    with open(readme, encoding="utf-8") as f:
+        blocks = re.findall(r"```c\n(.*?)```", f.read(), re.S)
+    if not blocks:
+        print("no C examples found")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, code in enumerate(blocks):
+            src = os.path.join(tmp, f"ex{i}.c")
+            exe = os.path.join(tmp, f"ex{i}")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write(code)
+            cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", inc,
+                   src, lib, "-fopenmp", "-lm", "-lpthread", "-o", exe]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                print(f"example {i} does not compile:\n{r.stderr}")
+                return 1
+            r = subprocess.run([exe], capture_output=True, text=True)
+            if r.returncode:
+                print(f"example {i} exits {r.returncode}:\n{r.stdout}{r.stderr}")
+                return 1
+            print(f"example {i}: {r.stdout.strip().splitlines()[-1]}")
+    print(f"{len(blocks)} README examples compile and run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
