@@ -3,6 +3,7 @@
 #   ./run.sh test    install what is missing, build, run every test
 #   ./run.sh bench   install what is missing, build, run the benchmark
 #   ./run.sh build   install what is missing, build
+#   ./run.sh tinkerloss ARGS...   build if needed, run the command-line tool
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,7 +11,7 @@ BUILD_DIR=${TL_BUILD_DIR:-build}
 
 # Debian packages the build, the tests and the benchmark need.
 PACKAGES=(meson ninja-build gcc libc6-dev pkg-config binutils check
-          libopenblas-dev python3)
+          libopenblas-dev libjansson-dev python3)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -69,11 +70,18 @@ run_bench() {
     fi
 }
 
+run_tinkerloss() {
+    build >&2
+    exec "$BUILD_DIR/tools/tinkerloss" "$@"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     test) run_tests "$@" ;;
     bench) run_bench "$@" ;;
     build) build ;;
-    *) echo "usage: ./run.sh test|bench|build [args...]" >&2; exit 2 ;;
+    tinkerloss) run_tinkerloss "$@" ;;
+    *) echo "usage: ./run.sh test|bench|build|tinkerloss [args...]" >&2
+       exit 2 ;;
 esac

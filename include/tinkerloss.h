@@ -60,7 +60,9 @@ typedef enum tl_status {
                                sampler logprob, dro without beta) */
     TL_ERR_CONFIG = 10,     /* unknown loss, config key or loss input */
     TL_ERR_SHAPE = 11,      /* lengths or shapes of inputs disagree */
-    TL_ERR_CALLBACK = 12    /* a user callback reported failure */
+    TL_ERR_CALLBACK = 12,   /* a user callback reported failure */
+    TL_ERR_IO = 13,         /* a file cannot be read or written */
+    TL_ERR_JSON = 14        /* malformed JSON or file content */
 } tl_status;
 
 /* Static English description of a status (never NULL). */

@@ -33,6 +33,8 @@ const char *tl_strerror(tl_status status)
     case TL_ERR_CONFIG: return "unknown loss, config key or loss input";
     case TL_ERR_SHAPE: return "input lengths or shapes disagree";
     case TL_ERR_CALLBACK: return "a user callback failed";
+    case TL_ERR_IO: return "a file cannot be read or written";
+    case TL_ERR_JSON: return "malformed JSON or file content";
     }
     return "unknown status";
 }

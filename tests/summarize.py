@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print one line `N passed, M failed` over every test case that
-`meson test` ran: a check-based program counts its own cases (its line
-`tl-check: N passed, M failed`), any other test counts as one case.
+`meson test` ran: a program that counts its own cases prints a line
+`tl-check: N passed, M failed`; any other test counts as one case, and a
+skipped test (exit 77) is counted apart.
 Exits non-zero if anything failed or nothing ran."""
 import json
 import re
@@ -11,13 +12,16 @@ CASES = re.compile(r"^tl-check: (\d+) passed, (\d+) failed$", re.M)
 
 
 def main(path):
-    passed = failed = 0
+    passed = failed = skipped = 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
             t = json.loads(line)
-            ok = t.get("result") in ("OK", "EXPECTEDFAIL", "SKIP")
+            if t.get("result") == "SKIP":
+                skipped += 1
+                continue
+            ok = t.get("result") in ("OK", "EXPECTEDFAIL")
             m = CASES.findall(t.get("stdout") or "")
             if m:
                 p, fl = (int(x) for x in m[-1])
@@ -29,7 +33,8 @@ def main(path):
                 passed += 1
             else:
                 failed += 1
-    print(f"{passed} passed, {failed} failed")
+    tail = f", {skipped} skipped" if skipped else ""
+    print(f"{passed} passed, {failed} failed{tail}")
     return 0 if failed == 0 and passed > 0 else 1
 
 

@@ -303,7 +303,7 @@ START_TEST(test_runtime_args)
     ck_assert_int_eq(tl_set_num_threads(-1), TL_ERR_VALUE);
     ck_assert_str_eq(tl_isa_name((tl_isa)9), "unknown");
     /* every status has its own description */
-    for (int a = 0; a <= TL_ERR_CALLBACK; a++) {
+    for (int a = 0; a <= TL_ERR_JSON; a++) {
         ck_assert_ptr_nonnull(tl_strerror((tl_status)a));
         for (int b = 0; b < a; b++)
             ck_assert_str_ne(tl_strerror((tl_status)a),

@@ -1,0 +1,256 @@
+/* ForwardBackwardOutput JSON from a request and per-datum logits files
+ * (NumPy .npy float32 or JSON TENSOR). */
+#include "json_util.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Read a C-order little-endian float32 2-D .npy file (format 1.0 - 3.0). */
+static tl_status read_npy(const char *path, jt *t, tl_error *err)
+{
+    memset(t, 0, sizeof *t);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
+    unsigned char pre[10];
+    tl_status s = TL_OK;
+    char *hdr = NULL;
+    if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: not a .npy file", path);
+        goto done;
+    }
+    size_t hlen;
+    if (pre[6] == 1) {
+        if (fread(pre + 8, 1, 2, f) != 2)
+            goto truncated;
+        hlen = (size_t)pre[8] | (size_t)pre[9] << 8;
+    } else if (pre[6] == 2 || pre[6] == 3) {
+        unsigned char b[4];
+        if (fread(b, 1, 4, f) != 4)
+            goto truncated;
+        hlen = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16 |
+               (size_t)b[3] << 24;
+    } else {
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: unsupported .npy version %d", path, pre[6]);
+        goto done;
+    }
+    if (hlen > (1u << 20)) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: header too large", path);
+        goto done;
+    }
+    hdr = malloc(hlen + 1);
+    if (!hdr || fread(hdr, 1, hlen, f) != hlen)
+        goto truncated;
+    hdr[hlen] = '\0';
+    /* {'descr': '<f4', 'fortran_order': False, 'shape': (N, V), } */
+    if (!strstr(hdr, "'descr': '<f4'")) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: dtype must be little-endian float32 ('<f4')", path);
+        goto done;
+    }
+    if (!strstr(hdr, "'fortran_order': False")) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: Fortran-order arrays are not supported", path);
+        goto done;
+    }
+    const char *sh = strstr(hdr, "'shape': (");
+    long long dims[3];
+    int nd = 0;
+    if (sh) {
+        sh += strlen("'shape': (");
+        while (nd < 3) {
+            while (*sh == ' ')
+                sh++;
+            if (!isdigit((unsigned char)*sh))
+                break;
+            dims[nd++] = strtoll(sh, (char **)&sh, 10);
+            while (*sh == ' ')
+                sh++;
+            if (*sh == ',')
+                sh++;
+        }
+    }
+    if (!sh || nd != 2 || *sh != ')') {
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: expected a 2-D array [N, V]", path);
+        goto done;
+    }
+    if (dims[1] > 0 && dims[0] > (INT64_MAX / 8) / dims[1]) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: shape overflows", path);
+        goto done;
+    }
+    t->dtype = TL_F32;
+    t->ndim = 2;
+    t->shape[0] = dims[0];
+    t->shape[1] = dims[1];
+    t->count = dims[0] * dims[1];
+    t->f32 = malloc((size_t)t->count * sizeof(float) + 4);
+    if (!t->f32) {
+        s = tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+        goto done;
+    }
+    if (fread(t->f32, sizeof(float), (size_t)t->count, f) != (size_t)t->count)
+        goto truncated;
+    goto done;
+truncated:
+    s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated", path);
+done:
+    if (s)
+        tl__jt_free(t);
+    free(hdr);
+    fclose(f);
+    return s;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    const size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static tl_status read_logits(const char *path, jt *t, uint16_t **bf16,
+                             tl_logits *lg, tl_error *err)
+{
+    tl_status s;
+    *bf16 = NULL;
+    if (ends_with(path, ".npy")) {
+        s = read_npy(path, t, err);
+    } else {
+        json_t *root;
+        if ((s = tl__jload_file(path, &root, err)))
+            return s;
+        s = tl__jt_parse(root, path, t, err);
+        json_decref(root);
+        if (!s && (t->dtype == TL_I64 || t->ndim != 2))
+            s = tl__fail(err, TL_ERR_JSON, path, -1,
+                         "%s: logits must be a 2-D float32 or bfloat16 "
+                         "tensor", path);
+    }
+    if (s)
+        return s;
+    *lg = (tl_logits){t->f32, TL_F32, t->shape[0], t->shape[1], t->shape[1]};
+    if (t->dtype == TL_BF16) {
+        *bf16 = malloc((size_t)t->count * sizeof **bf16 + 2);
+        if (!*bf16)
+            return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+        for (int64_t k = 0; k < t->count; k++)
+            (*bf16)[k] = tl_f32_to_bf16(t->f32[k]);
+        lg->data = *bf16;
+        lg->dtype = TL_BF16;
+    }
+    return TL_OK;
+}
+
+tl_status tl_compute_file(const char *request_path,
+                          const char *const *logits_paths, int64_t nlogits,
+                          const tl_options *opts, int with_grads,
+                          char **out_json, tl_error *err)
+{
+    if (!request_path || !out_json || (nlogits > 0 && !logits_paths))
+        return tl__fail(err, TL_ERR_NULL, "request_path", -1,
+                        "request_path, logits_paths or out_json is NULL");
+    *out_json = NULL;
+    json_t *root;
+    tl_status s = tl__jload_file(request_path, &root, err);
+    if (s)
+        return s;
+    json_t *req = tl__jget(root, "request") ? tl__jget(root, "request") : root;
+    const char *pre = req == root ? "" : "request.";
+    char p[TL_PATH_MAX];
+    tl_loss_config cfg;
+    json_t *data = tl__jget(req, "data");
+    int64_t n = json_is_array(data) ? (int64_t)json_array_size(data) : 0;
+    jdatum *d = calloc((size_t)n + 1, sizeof *d);
+    jt *lt = calloc((size_t)n + 1, sizeof *lt);
+    uint16_t **bf = calloc((size_t)n + 1, sizeof *bf);
+    tl_datum *views = calloc((size_t)n + 1, sizeof *views);
+    tl_grad *grads = calloc((size_t)n + 1, sizeof *grads);
+    float **lp = calloc((size_t)n + 1, sizeof *lp);
+    float **gl = calloc((size_t)n + 1, sizeof *gl);
+    json_t *out = NULL;
+    if (!d || !lt || !bf || !views || !grads || !lp || !gl) {
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+        goto done;
+    }
+    snprintf(p, sizeof p, "%sdata", pre);
+    if (!json_is_array(data)) {
+        s = tl__jfail(err, TL_ERR_JSON, p, -1, "missing or not an array");
+        goto done;
+    }
+    if ((s = tl__jconfig_parse(tl__jget(req, "loss_fn"),
+                               tl__jget(req, "loss_fn_config"), pre, &cfg,
+                               err)))
+        goto done;
+    if (nlogits != n) {
+        s = tl__fail(err, TL_ERR_SIZE, "logits", -1,
+                     "%lld logits files for %lld datums (one per datum)",
+                     (long long)nlogits, (long long)n);
+        goto done;
+    }
+    for (int64_t i = 0; i < n && !s; i++) {
+        snprintf(p, sizeof p, "%sdata[%lld]", pre, (long long)i);
+        if ((s = tl__jdatum_parse(json_array_get(data, (size_t)i), p, &d[i],
+                                  err)) ||
+            (s = read_logits(logits_paths[i], &lt[i], &bf[i],
+                             &d[i].view.logits, err)))
+            break;
+        views[i] = d[i].view;
+        lp[i] = malloc((size_t)d[i].in[JD_TARGETS].count * sizeof(float) + 4);
+        gl[i] = with_grads ? malloc((size_t)lt[i].count * sizeof(float) + 4)
+                           : NULL;
+        grads[i] = (tl_grad){gl[i], TL_F32, lt[i].shape[1]};
+        if (!lp[i] || (with_grads && !gl[i]))
+            s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    }
+    tl_metrics m;
+    if (s || (s = tl_forward_backward(&cfg, views, n, opts, lp,
+                                      with_grads ? grads : NULL, &m, err)))
+        goto done;
+    json_t *outs = json_array(), *jm = json_object(), *jg = json_array();
+    for (int64_t i = 0; i < n; i++) {
+        const jt *t = &d[i].in[JD_TARGETS];
+        json_array_append_new(
+            outs, json_pack("{s:o}", "logprobs",
+                            tl__jt_make_f32(lp[i], t->shape[0],
+                                            t->ndim == 2 ? t->shape[1] : 0)));
+        if (with_grads)
+            json_array_append_new(jg, tl__jt_make_f32(gl[i], lt[i].shape[0],
+                                                      lt[i].shape[1]));
+    }
+    for (int k = 0; k < m.count; k++)
+        json_object_set_new(jm, m.items[k].name, json_real(m.items[k].value));
+    out = json_pack("{s:s, s:o, s:o}", "loss_fn_output_type", "ArrayRecord",
+                    "loss_fn_outputs", outs, "metrics", jm);
+    if (with_grads)
+        json_object_set_new(out, "grad_logits", jg);
+    else
+        json_decref(jg);
+    *out_json = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    if (!*out_json)
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot write the output");
+done:
+    for (int64_t i = 0; i < n && d; i++) {
+        tl__jdatum_free(&d[i]);
+        if (lt)
+            tl__jt_free(&lt[i]);
+        if (bf)
+            free(bf[i]);
+        if (lp)
+            free(lp[i]);
+        if (gl)
+            free(gl[i]);
+    }
+    free(d);
+    free(lt);
+    free(bf);
+    free(views);
+    free(grads);
+    free(lp);
+    free(gl);
+    json_decref(out);
+    json_decref(root);
+    return s ? s : tl__ok(err);
+}

@@ -1,0 +1,482 @@
+/* JSON helpers: TENSOR and Datum parsing with path-naming errors. */
+#include "json_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+tl_status tl__jfail(tl_error *err, tl_status st, const char *path,
+                    int64_t index, const char *fmt, ...)
+{
+    char msg[sizeof err->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return tl__fail(err, st, path, index, "%s: %s", path, msg);
+}
+
+tl_status tl__jload_file(const char *path, json_t **out, tl_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
+    json_error_t je;
+    *out = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
+    fclose(f);
+    if (!*out)
+        return tl__fail(err, TL_ERR_JSON, path, je.line,
+                        "%s:%d:%d: invalid JSON: %s", path, je.line,
+                        je.column, je.text);
+    return TL_OK;
+}
+
+tl_status tl__jload_text(const char *text, json_t **out, tl_error *err)
+{
+    if (!text)
+        return tl__fail(err, TL_ERR_NULL, "text", -1, "text is NULL");
+    json_error_t je;
+    *out = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+    if (!*out)
+        return tl__fail(err, TL_ERR_JSON, "", je.line,
+                        "%d:%d: invalid JSON: %s", je.line, je.column,
+                        je.text);
+    return TL_OK;
+}
+
+json_t *tl__jget(json_t *obj, const char *key)
+{
+    json_t *v = json_is_object(obj) ? json_object_get(obj, key) : NULL;
+    return json_is_null(v) ? NULL : v;
+}
+
+void tl__jt_free(jt *t)
+{
+    free(t->i64);
+    free(t->f32);
+    free(t->f64);
+    memset(t, 0, sizeof *t);
+}
+
+static const char *type_name(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "unknown";
+}
+
+/* One float element: a number or "inf", "-inf", "nan". */
+static tl_status parse_float(json_t *e, const char *path, int64_t i,
+                             tl_dtype dtype, float *out, double *out64,
+                             tl_error *err)
+{
+    double v;
+    if (json_is_number(e)) {
+        v = json_number_value(e);
+    } else if (json_is_string(e)) {
+        const char *s = json_string_value(e);
+        if (!strcmp(s, "inf"))
+            v = INFINITY;
+        else if (!strcmp(s, "-inf"))
+            v = -INFINITY;
+        else if (!strcmp(s, "nan"))
+            v = NAN;
+        else
+            return tl__jfail(err, TL_ERR_JSON, path, i,
+                             "data[%lld] is the string \"%s\"; only \"inf\", "
+                             "\"-inf\" and \"nan\" stand for numbers",
+                             (long long)i, s);
+    } else {
+        return tl__jfail(err, TL_ERR_JSON, path, i,
+                         "data[%lld] is %s, expected a number", (long long)i,
+                         type_name(e));
+    }
+    const float f = (float)v;
+    if (isfinite(v) && !isfinite(f))
+        return tl__jfail(err, TL_ERR_JSON, path, i,
+                         "data[%lld] = %g is outside the float32 range",
+                         (long long)i, v);
+    if (dtype == TL_BF16 && !isnan(f) &&
+        tl_bf16_to_f32(tl_f32_to_bf16(f)) != f)
+        return tl__jfail(err, TL_ERR_JSON, path, i,
+                         "data[%lld] = %.9g is not exactly representable in "
+                         "bfloat16", (long long)i, v);
+    *out = f;
+    *out64 = v;
+    return TL_OK;
+}
+
+static tl_status parse_int(json_t *e, const char *path, int64_t i,
+                           int64_t *out, tl_error *err)
+{
+    if (!json_is_integer(e))
+        return tl__jfail(err, TL_ERR_JSON, path, i,
+                         "data[%lld] is %s, expected an integer",
+                         (long long)i, type_name(e));
+    *out = (int64_t)json_integer_value(e);
+    return TL_OK;
+}
+
+/* Read a non-negative int64 array member (shape, CSR indices). */
+static tl_status int_list(json_t *a, const char *path, const char *key,
+                          int64_t **out, int64_t *len, tl_error *err)
+{
+    if (!json_is_array(a))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "%s is %s, expected an array of integers", key,
+                         type_name(a));
+    *len = (int64_t)json_array_size(a);
+    *out = malloc((size_t)(*len + 1) * sizeof **out);
+    if (!*out)
+        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+    for (int64_t i = 0; i < *len; i++) {
+        json_t *e = json_array_get(a, (size_t)i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0) {
+            free(*out);
+            *out = NULL;
+            return tl__jfail(err, TL_ERR_JSON, path, i,
+                             "%s[%lld] must be a non-negative integer", key,
+                             (long long)i);
+        }
+        (*out)[i] = (int64_t)json_integer_value(e);
+    }
+    return TL_OK;
+}
+
+/* Fill element `at` of the tensor from JSON element e. */
+static tl_status put(jt *t, json_t *e, const char *path, int64_t src,
+                     int64_t at, tl_error *err)
+{
+    if (t->dtype == TL_I64)
+        return parse_int(e, path, src, &t->i64[at], err);
+    return parse_float(e, path, src, t->dtype, &t->f32[at], &t->f64[at], err);
+}
+
+tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
+{
+    memset(t, 0, sizeof *t);
+    if (!json_is_object(j))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "is %s, expected a tensor {\"data\", \"dtype\", "
+                         "\"shape\"}", type_name(j));
+    json_t *data = json_object_get(j, "data");
+    json_t *dtype = json_object_get(j, "dtype");
+    json_t *shape = tl__jget(j, "shape");
+    json_t *crow = tl__jget(j, "sparse_crow_indices");
+    json_t *col = tl__jget(j, "sparse_col_indices");
+    if (!data)
+        return tl__jfail(err, TL_ERR_JSON, path, -1, "missing \"data\"");
+    if (!json_is_array(data))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "data is %s, expected an array", type_name(data));
+    if (!dtype)
+        return tl__jfail(err, TL_ERR_JSON, path, -1, "missing \"dtype\"");
+    const char *ds = json_is_string(dtype) ? json_string_value(dtype) : "";
+    if (!strcmp(ds, "int64"))
+        t->dtype = TL_I64;
+    else if (!strcmp(ds, "float32"))
+        t->dtype = TL_F32;
+    else if (!strcmp(ds, "bfloat16"))
+        t->dtype = TL_BF16;
+    else
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "unknown dtype %s%s%s (expected \"int64\", "
+                         "\"float32\" or \"bfloat16\")",
+                         json_is_string(dtype) ? "\"" : "",
+                         json_is_string(dtype) ? ds : type_name(dtype),
+                         json_is_string(dtype) ? "\"" : "");
+    const int64_t nvals = (int64_t)json_array_size(data);
+    int64_t dims[2] = {nvals, 1};
+    int ndim = 1;
+    if (shape) {
+        int64_t *sv, sn;
+        tl_status s = int_list(shape, path, "shape", &sv, &sn, err);
+        if (s)
+            return s;
+        if (sn < 1 || sn > 2) {
+            free(sv);
+            return tl__jfail(err, TL_ERR_JSON, path, -1,
+                             "shape has %lld dimensions; only 1 or 2 are "
+                             "supported", (long long)sn);
+        }
+        ndim = (int)sn;
+        dims[0] = sv[0];
+        dims[1] = sn == 2 ? sv[1] : 1;
+        free(sv);
+    }
+    if (dims[1] > 0 && dims[0] > (INT64_MAX / 8) / dims[1])
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "shape [%lld, %lld]: the element count overflows",
+                         (long long)dims[0], (long long)dims[1]);
+    const int64_t count = dims[0] * dims[1];
+    const int sparse = crow || col;
+    if (sparse && (!crow || !col || ndim != 2))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "a sparse tensor needs sparse_crow_indices, "
+                         "sparse_col_indices and a 2-D shape");
+    if (!sparse && nvals != count)
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "%lld values, expected %lld", (long long)nvals,
+                         (long long)count);
+    t->ndim = ndim;
+    t->shape[0] = dims[0];
+    t->shape[1] = dims[1];
+    t->count = count;
+    if (t->dtype == TL_I64) {
+        t->i64 = calloc((size_t)count + 1, sizeof *t->i64);
+    } else {
+        t->f32 = calloc((size_t)count + 1, sizeof *t->f32);
+        t->f64 = calloc((size_t)count + 1, sizeof *t->f64);
+    }
+    if (!t->i64 && (!t->f32 || !t->f64)) {
+        tl__jt_free(t);
+        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+    }
+    tl_status s = TL_OK;
+    if (!sparse) {
+        for (int64_t i = 0; i < count && !s; i++)
+            s = put(t, json_array_get(data, (size_t)i), path, i, i, err);
+    } else {
+        /* CSR: data holds the nnz values of rows crow[r] .. crow[r+1] */
+        int64_t *cr = NULL, *cc = NULL, ncr = 0, ncc = 0;
+        if (!(s = int_list(crow, path, "sparse_crow_indices", &cr, &ncr, err)) &&
+            !(s = int_list(col, path, "sparse_col_indices", &cc, &ncc, err))) {
+            if (ncr != dims[0] + 1 || cr[0] != 0 || cr[dims[0]] != nvals ||
+                ncc != nvals)
+                s = tl__jfail(err, TL_ERR_JSON, path, -1,
+                              "sparse indices do not match: %lld row "
+                              "pointers for %lld rows, %lld columns and %lld "
+                              "values", (long long)ncr, (long long)dims[0],
+                              (long long)ncc, (long long)nvals);
+            for (int64_t r = 0; r < dims[0] && !s; r++) {
+                if (cr[r + 1] < cr[r])
+                    s = tl__jfail(err, TL_ERR_JSON, path, r,
+                                  "sparse_crow_indices decrease at %lld",
+                                  (long long)r);
+                for (int64_t q = cr[r]; q < cr[r + 1] && !s; q++) {
+                    if (cc[q] >= dims[1])
+                        s = tl__jfail(err, TL_ERR_JSON, path, q,
+                                      "sparse_col_indices[%lld] = %lld is "
+                                      "outside %lld columns", (long long)q,
+                                      (long long)cc[q], (long long)dims[1]);
+                    else
+                        s = put(t, json_array_get(data, (size_t)q), path, q,
+                                r * dims[1] + cc[q], err);
+                }
+            }
+        }
+        free(cr);
+        free(cc);
+    }
+    if (s)
+        tl__jt_free(t);
+    return s;
+}
+
+/* ---- datums --------------------------------------------------------------- */
+
+void tl__jdatum_free(jdatum *d)
+{
+    free(d->model_input);
+    for (int i = 0; i < JD_NINPUTS; i++)
+        tl__jt_free(&d->in[i]);
+    memset(d, 0, sizeof *d);
+}
+
+static const char *const input_keys[JD_NINPUTS] = {
+    "target_tokens", "weights", "logprobs", "advantages",
+    "clip_low_threshold", "clip_high_threshold",
+};
+
+static tl_tensor view_of(const jt *t)
+{
+    tl_tensor v;
+    memset(&v, 0, sizeof v);
+    if (t->ndim == 0)
+        return v;
+    v = t->ndim == 2 ? tl_tensor_2d(NULL, t->dtype, t->shape[0], t->shape[1])
+                     : tl_tensor_1d(NULL, t->dtype, t->shape[0]);
+    /* bfloat16 inputs are used as the float32 values they hold */
+    v.dtype = t->dtype == TL_BF16 ? TL_F32 : t->dtype;
+    v.data = t->dtype == TL_I64 ? (const void *)t->i64 : (const void *)t->f32;
+    return v;
+}
+
+tl_status tl__jdatum_parse(json_t *j, const char *path, jdatum *d,
+                           tl_error *err)
+{
+    memset(d, 0, sizeof *d);
+    char p[TL_PATH_MAX];
+    if (!json_is_object(j))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "is %s, expected a Datum object", type_name(j));
+    json_t *mi = json_object_get(j, "model_input");
+    json_t *chunks = tl__jget(mi, "chunks");
+    snprintf(p, sizeof p, "%s.model_input.chunks", path);
+    if (!json_is_array(chunks))
+        return tl__jfail(err, TL_ERR_JSON, p, -1,
+                         "missing or not an array");
+    tl_status s = TL_OK;
+    int64_t total = 0;
+    for (size_t c = 0; c < json_array_size(chunks); c++) {
+        json_t *ch = json_array_get(chunks, c);
+        snprintf(p, sizeof p, "%s.model_input.chunks[%zu]", path, c);
+        json_t *type = tl__jget(ch, "type");
+        if (!json_is_string(type) ||
+            strcmp(json_string_value(type), "encoded_text") != 0)
+            return tl__jfail(err, TL_ERR_JSON, p, -1,
+                             "unknown chunk type %s%s%s (only "
+                             "\"encoded_text\" is supported)",
+                             json_is_string(type) ? "\"" : "",
+                             json_is_string(type) ? json_string_value(type)
+                                                  : "(missing)",
+                             json_is_string(type) ? "\"" : "");
+        json_t *toks = tl__jget(ch, "tokens");
+        if (!json_is_array(toks))
+            return tl__jfail(err, TL_ERR_JSON, p, -1,
+                             "tokens missing or not an array");
+        total += (int64_t)json_array_size(toks);
+    }
+    d->model_input = malloc((size_t)(total + 1) * sizeof *d->model_input);
+    if (!d->model_input)
+        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+    for (size_t c = 0; c < json_array_size(chunks) && !s; c++) {
+        json_t *toks = json_object_get(json_array_get(chunks, c), "tokens");
+        snprintf(p, sizeof p, "%s.model_input.chunks[%zu].tokens", path, c);
+        for (size_t i = 0; i < json_array_size(toks) && !s; i++) {
+            json_t *e = json_array_get(toks, i);
+            if (!json_is_integer(e))
+                s = tl__jfail(err, TL_ERR_JSON, p, (int64_t)i,
+                              "[%zu] is %s, expected an integer token", i,
+                              type_name(e));
+            else
+                d->model_input[d->model_input_len++] =
+                    (int64_t)json_integer_value(e);
+        }
+    }
+    json_t *inputs = json_object_get(j, "loss_fn_inputs");
+    snprintf(p, sizeof p, "%s.loss_fn_inputs", path);
+    if (!s && !json_is_object(inputs))
+        s = tl__jfail(err, TL_ERR_JSON, p, -1, "missing or not an object");
+    const char *key;
+    json_t *val;
+    if (!s)
+        json_object_foreach(inputs, key, val) {
+            int k = 0;
+            while (k < JD_NINPUTS && strcmp(key, input_keys[k]) != 0)
+                k++;
+            snprintf(p, sizeof p, "%s.loss_fn_inputs.%s", path, key);
+            if (k == JD_NINPUTS) {
+                s = tl__jfail(err, TL_ERR_JSON, p, -1,
+                              "unknown loss_fn_inputs key \"%s\"", key);
+                break;
+            }
+            if ((s = tl__jt_parse(val, p, &d->in[k], err)))
+                break;
+            const int want_int = k == JD_TARGETS;
+            if (want_int != (d->in[k].dtype == TL_I64)) {
+                s = tl__jfail(err, TL_ERR_JSON, p, -1,
+                              "dtype must be %s", want_int ? "int64"
+                                                           : "float32");
+                break;
+            }
+        }
+    if (s) {
+        tl__jdatum_free(d);
+        return s;
+    }
+    tl_datum *v = &d->view;
+    memset(v, 0, sizeof *v);
+    v->target_tokens = view_of(&d->in[JD_TARGETS]);
+    v->weights = view_of(&d->in[JD_WEIGHTS]);
+    v->logprobs = view_of(&d->in[JD_LOGPROBS]);
+    v->advantages = view_of(&d->in[JD_ADVANTAGES]);
+    v->clip_low_threshold = view_of(&d->in[JD_CLIP_LOW]);
+    v->clip_high_threshold = view_of(&d->in[JD_CLIP_HIGH]);
+    return TL_OK;
+}
+
+tl_status tl__jconfig_parse(json_t *loss_fn, json_t *config,
+                            const char *path, tl_loss_config *out,
+                            tl_error *err)
+{
+    char p[TL_PATH_MAX];
+    snprintf(p, sizeof p, "%sloss_fn", path);
+    if (!json_is_string(loss_fn))
+        return tl__jfail(err, TL_ERR_JSON, p, -1, "missing or not a string");
+    snprintf(p, sizeof p, "%sloss_fn_config", path);
+    const size_t n = json_is_object(config) ? json_object_size(config) : 0;
+    if (config && !json_is_object(config))
+        return tl__jfail(err, TL_ERR_JSON, p, -1,
+                         "is %s, expected an object or null",
+                         type_name(config));
+    const char **keys = malloc((n + 1) * sizeof *keys);
+    double *vals = malloc((n + 1) * sizeof *vals);
+    if (!keys || !vals) {
+        free(keys);
+        free(vals);
+        return tl__fail(err, TL_ERR_NOMEM, p, -1, "out of memory");
+    }
+    size_t i = 0;
+    const char *key;
+    json_t *val;
+    tl_status s = TL_OK;
+    if (config)
+        json_object_foreach(config, key, val) {
+            if (!json_is_number(val)) {
+                s = tl__jfail(err, TL_ERR_JSON, p, (int64_t)i,
+                              "\"%s\" is %s, expected a number", key,
+                              type_name(val));
+                break;
+            }
+            keys[i] = key;
+            vals[i++] = json_number_value(val);
+        }
+    if (!s) {
+        s = tl_loss_config_init(out, json_string_value(loss_fn), keys, vals,
+                                (int64_t)i, err);
+        if (s && err) {
+            /* name the JSON path of the request or case */
+            char msg[sizeof err->message], arg[TL_PATH_MAX];
+            snprintf(arg, sizeof arg, "%s%s", path, err->arg);
+            snprintf(msg, sizeof msg, "%s: %s", arg, err->message);
+            memcpy(err->message, msg, sizeof msg);
+            snprintf(err->arg, sizeof err->arg, "%s", arg);
+        }
+    }
+    free(keys);
+    free(vals);
+    return s;
+}
+
+json_t *tl__jt_make_f32(const float *x, int64_t n, int64_t k)
+{
+    json_t *data = json_array();
+    const int64_t count = n * (k > 0 ? k : 1);
+    for (int64_t i = 0; i < count; i++) {
+        const float v = x[i];
+        json_array_append_new(data, isnan(v)      ? json_string("nan")
+                                    : isinf(v)    ? json_string(v > 0 ? "inf"
+                                                                      : "-inf")
+                                                  : json_real((double)v));
+    }
+    json_t *shape = k > 0 ? json_pack("[II]", (json_int_t)n, (json_int_t)k)
+                          : json_pack("[I]", (json_int_t)n);
+    return json_pack("{s:o, s:s, s:o}", "data", data, "dtype", "float32",
+                     "shape", shape);
+}
+
+void tl_free(void *p)
+{
+    free(p);
+}

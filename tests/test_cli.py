@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The tinkerloss command line: every verb, its output and exit status.
+usage: test_cli.py TINKERLOSS GOLDEN_DIR"""
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+EXE, GOLDEN = sys.argv[1], sys.argv[2]
+results = []
+
+
+def case(name):
+    def wrap(fn):
+        try:
+            fn()
+            results.append((name, None))
+        except AssertionError as e:  # a failed expectation
+            results.append((name, str(e) or "assertion failed"))
+        except Exception as e:  # noqa: BLE001 - report anything else too
+            results.append((name, f"{type(e).__name__}: {e}"))
+        return fn
+    return wrap
+
+
+def run(*args):
+    r = subprocess.run([EXE, *args], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+def golden(name):
+    return os.path.join(GOLDEN, name)
+
+
+TMP = tempfile.mkdtemp()
+
+
+def write_npy(path, rows, dtype="<f4"):
+    n, v = len(rows), len(rows[0])
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }" % (dtype, n, v)
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)))
+        f.write(header.encode("latin1"))
+        fmt = "<%d%s" % (n * v, "f" if dtype == "<f4" else "d")
+        f.write(struct.pack(fmt, *[x for r in rows for x in r]))
+
+
+LOGITS = [[0.5, -1.0, 2.0, 0.0, 1.5], [3.0, 0.25, -2.0, 1.0, 0.0],
+          [0.0, 0.0, 0.0, 0.0, 4.0]]
+FULL = [4, 2, 0, 4]
+REQUEST = {
+    "data": [{"model_input": {"chunks": [{"type": "encoded_text", "tokens": FULL[:-1]}]},
+              "loss_fn_inputs": {
+                  "target_tokens": {"data": FULL[1:], "dtype": "int64", "shape": [3]},
+                  "logprobs": {"data": [-1.0, -0.5, -0.3], "dtype": "float32", "shape": None},
+                  "advantages": {"data": [1.0, -0.5, 0.0], "dtype": "float32", "shape": None}}}],
+    "loss_fn": "ppo",
+    "loss_fn_config": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}}
+
+
+def ref_logprobs(t=1.0):
+    out = []
+    for row, tok in zip(LOGITS, FULL[1:]):
+        z = [x / t for x in row]
+        m = max(z)
+        lse = m + math.log(sum(math.exp(x - m) for x in z))
+        out.append(z[tok] - lse)
+    return out
+
+
+def files():
+    req = os.path.join(TMP, "request.json")
+    with open(req, "w") as f:
+        json.dump(REQUEST, f)
+    npy = os.path.join(TMP, "logits.npy")
+    write_npy(npy, LOGITS)
+    js = os.path.join(TMP, "logits.json")
+    with open(js, "w") as f:
+        json.dump({"data": [x for r in LOGITS for x in r], "dtype": "float32",
+                   "shape": [3, 5]}, f)
+    return req, npy, js
+
+
+@case("check passes on the committed fixtures")
+def _():
+    names = sorted(n for n in os.listdir(GOLDEN) if n.endswith(".json"))
+    rc, out, err = run("check", *[golden(n) for n in names])
+    assert rc == 0, out + err
+    last = out.strip().splitlines()[-1]
+    assert last.endswith(" passed, 0 failed"), last
+    assert all(l.startswith("PASS ") for l in out.strip().splitlines()[:-1])
+
+
+@case("check fails on a changed expected value")
+def _():
+    with open(golden("losses.json")) as f:
+        doc = json.load(f)
+    doc["cases"][1]["expected"]["metrics"]["loss:sum"] += 0.01
+    bad = os.path.join(TMP, "bad.json")
+    with open(bad, "w") as f:
+        json.dump(doc, f)
+    rc, out, _ = run("check", bad)
+    assert rc == 1, out
+    assert "FAIL " + doc["cases"][1]["name"] in out, out
+    assert out.strip().splitlines()[-1].endswith(" passed, 1 failed"), out
+
+
+@case("check: unreadable files and usage")
+def _():
+    rc, _, err = run("check", os.path.join(TMP, "missing.json"))
+    assert rc == 2 and "cannot open" in err, err
+    notjson = os.path.join(TMP, "notjson.json")
+    with open(notjson, "w") as f:
+        f.write("{\"format\": [1,")
+    rc, _, err = run("check", notjson)
+    assert rc == 2 and "invalid JSON" in err, err
+    rc, _, err = run("check")
+    assert rc == 2 and "usage" in err, err
+    rc, _, err = run("frobnicate")
+    assert rc == 2 and "usage" in err, err
+
+
+@case("compute from .npy logits matches float64")
+def _():
+    req, npy, _ = files()
+    rc, out, err = run("compute", req, "--logits", npy)
+    assert rc == 0, err
+    doc = json.loads(out)
+    lp = doc["loss_fn_outputs"][0]["logprobs"]["data"]
+    for got, want in zip(lp, ref_logprobs()):
+        assert abs(got - want) < 1e-6, (got, want)
+    assert doc["loss_fn_output_type"] == "ArrayRecord"
+    assert "loss:sum" in doc["metrics"] and "grad_logits" not in doc
+
+
+@case("compute: JSON logits, gradients, temperature, output file")
+def _():
+    req, npy, js = files()
+    out_path = os.path.join(TMP, "out.json")
+    rc, _, err = run("compute", req, "--logits", js, "--grads", "-o", out_path)
+    assert rc == 0, err
+    with open(out_path) as f:
+        doc = json.load(f)
+    g = doc["grad_logits"][0]
+    assert g["shape"] == [3, 5] and len(g["data"]) == 15
+    # each gradient row sums to zero (softmax sums to one)
+    for r in range(3):
+        assert abs(sum(g["data"][5 * r:5 * r + 5])) < 1e-6
+    rc, out, err = run("compute", req, "--logits", npy, "--temperature", "2")
+    assert rc == 0, err
+    lp = json.loads(out)["loss_fn_outputs"][0]["logprobs"]["data"]
+    for got, want in zip(lp, ref_logprobs(2.0)):
+        assert abs(got - want) < 1e-6, (got, want)
+
+
+@case("compute: errors")
+def _():
+    req, npy, _ = files()
+    rc, _, err = run("compute", req, "--logits", npy, npy)
+    assert rc == 2 and "2 logits files for 1 datums" in err, err
+    f8 = os.path.join(TMP, "f8.npy")
+    write_npy(f8, LOGITS, "<f8")
+    rc, _, err = run("compute", req, "--logits", f8)
+    assert rc == 2 and "float32" in err, err
+    short = os.path.join(TMP, "short.npy")
+    write_npy(short, LOGITS[:2])
+    rc, _, err = run("compute", req, "--logits", short)
+    assert rc == 2 and "data[0].logits has 2 rows" in err, err
+    rc, _, err = run("compute", "--logits", npy)
+    assert rc == 2 and "usage" in err, err
+
+
+def dump_from_compute():
+    req, npy, _ = files()
+    rc, out, err = run("compute", req, "--logits", npy)
+    assert rc == 0, err
+    resp = json.loads(out)
+    return {"request": REQUEST, "response": {
+        "loss_fn_outputs": resp["loss_fn_outputs"], "metrics": resp["metrics"]}}
+
+
+@case("verify: a consistent call agrees")
+def _():
+    path = os.path.join(TMP, "dump.json")
+    with open(path, "w") as f:
+        json.dump(dump_from_compute(), f)
+    rc, out, err = run("verify", path)
+    assert rc == 0, out + err
+    assert out.strip().splitlines()[-1] == "0 findings", out
+
+
+@case("verify: disagreement and inconsistency are findings")
+def _():
+    dump = dump_from_compute()
+    dump["response"]["metrics"]["loss:sum"] += 0.5
+    dump["request"]["data"][0]["loss_fn_inputs"]["target_tokens"]["data"][1] = 3
+    path = os.path.join(TMP, "dump_bad.json")
+    with open(path, "w") as f:
+        json.dump(dump, f)
+    rc, out, _ = run("verify", path)
+    assert rc == 1, out
+    assert "FINDING metric loss:sum" in out and "DISAGREES" in out, out
+    assert "data[0] position 1: target_tokens is 3 but model_input[2] is 0" in out, out
+
+
+@case("verify: unreadable input")
+def _():
+    rc, _, err = run("verify", os.path.join(TMP, "missing.json"))
+    assert rc == 2, err
+    path = os.path.join(TMP, "noresp.json")
+    with open(path, "w") as f:
+        json.dump({"request": REQUEST}, f)
+    rc, _, err = run("verify", path)
+    assert rc == 2 and "response" in err, err
+    rc, _, err = run("verify")
+    assert rc == 2 and "usage" in err, err
+
+
+@case("version and help")
+def _():
+    rc, out, _ = run("version")
+    assert rc == 0 and out.startswith("tinkerloss "), out
+    rc, out, _ = run("--help")
+    assert rc == 0 and "usage" in out, out
+
+
+failed = [(n, e) for n, e in results if e]
+for n, e in results:
+    print(("ok   " if not e else "FAIL ") + n + ("" if not e else ": " + e))
+print(f"tl-check: {len(results) - len(failed)} passed, {len(failed)} failed")
+sys.exit(1 if failed else 0)

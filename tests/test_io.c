@@ -1,0 +1,410 @@
+/* File formats: fixture cases, server verification, and every malformed
+ * input reported with its JSON path. */
+#include "common.h"
+#include "tinkerloss_io.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A valid importance_sampling case over 2 rows of 3 logits, with expected
+ * values computed by the library itself (the golden files hold the
+ * independent ones). */
+static json_t *base_case(void)
+{
+    const float x[6] = {0.0f, 1.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+    const int64_t t[2] = {2, 0};
+    float lp[2];
+    tl_logits lg = {x, TL_F32, 2, 3, 3};
+    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, NULL, NULL), TL_OK);
+    const double q[2] = {-1.0, -2.0}, a[2] = {1.0, -1.0};
+    double loss = 0.0;
+    for (int i = 0; i < 2; i++)
+        loss -= exp((double)lp[i] - q[i]) * a[i];
+    json_t *c = json_pack(
+        "{s:s, s:s, s:n, s:[{s:{s:[{s:s, s:[i,i]}]}, s:{s:{s:[i,i], s:s, s:[i]},"
+        " s:{s:[f,f], s:s, s:n}, s:{s:[f,f], s:s, s:n}}}],"
+        " s:[{s:[f,f,f,f,f,f], s:s, s:[i,i]}],"
+        " s:{s:[{s:{s:[f,f], s:s, s:n}}], s:{s:f}}}",
+        "name", "base", "loss_fn", "importance_sampling", "loss_fn_config",
+        "data", "model_input", "chunks", "type", "encoded_text", "tokens", 7,
+        2, "loss_fn_inputs", "target_tokens", "data", 2, 0, "dtype", "int64",
+        "shape", 2, "logprobs", "data", q[0], q[1], "dtype", "float32",
+        "shape", "advantages", "data", a[0], a[1], "dtype", "float32", "shape",
+        "logits", "data", 0.0, 1.0, 2.0, 3.0, -1.0, 0.5, "dtype", "float32",
+        "shape", 2, 3, "expected", "loss_fn_outputs", "logprobs", "data",
+        (double)lp[0], (double)lp[1], "dtype", "float32", "shape", "metrics",
+        "loss:sum", loss);
+    ck_assert_ptr_nonnull(c);
+    return c;
+}
+
+static json_t *inputs_of(json_t *c)
+{
+    return json_object_get(json_array_get(json_object_get(c, "data"), 0),
+                           "loss_fn_inputs");
+}
+
+/* Check a one-case file; returns the case report. */
+static tl_case_report last;
+static void keep(void *user, const tl_case_report *r)
+{
+    (void)user;
+    last = *r;
+}
+
+static void run_case(json_t *c, int want_pass, const char *want_in_detail)
+{
+    json_t *root = json_pack("{s:s, s:[o]}", "format", TL_FIXTURE_FORMAT,
+                             "cases", c);
+    char *text = json_dumps(root, 0);
+    int64_t p = -1, f = -1;
+    tl_error e;
+    memset(&last, 0, sizeof last);
+    ck_assert_msg(tl_fixture_check_text(text, keep, NULL, &p, &f, &e) == TL_OK,
+                  "%s", e.message);
+    ck_assert_int_eq(p + f, 1);
+    ck_assert_msg(last.passed == want_pass, "passed=%d detail: %s",
+                  last.passed, last.detail);
+    if (want_in_detail)
+        ck_assert_msg(strstr(last.detail, want_in_detail) != NULL,
+                      "detail \"%s\" lacks \"%s\"", last.detail,
+                      want_in_detail);
+    free(text);
+    json_decref(root);
+}
+
+START_TEST(test_base_case_passes)
+{
+    run_case(base_case(), 1, NULL);
+    ck_assert_int_eq(last.nq, 2); /* logprobs and loss:sum */
+}
+END_TEST
+
+START_TEST(test_value_changes_fail)
+{
+    json_t *c = base_case();
+    json_t *m = json_object_get(json_object_get(c, "expected"), "metrics");
+    const double v = json_real_value(json_object_get(m, "loss:sum"));
+    /* T = 2 tokens: the bound is 2e-5 + 1e-5 |loss| */
+    json_object_set_new(m, "loss:sum", json_real(v + 2e-5 + 2e-5 * fabs(v)));
+    run_case(c, 0, "loss:sum");
+    c = base_case();
+    m = json_object_get(json_object_get(c, "expected"), "metrics");
+    json_object_set_new(m, "loss:sum", json_real(v + 1e-5)); /* within T atol */
+    run_case(c, 1, NULL);
+    c = base_case();
+    m = json_object_get(json_object_get(c, "expected"), "metrics");
+    json_object_set_new(m, "made_up:mean", json_real(1.0));
+    run_case(c, 0, "unknown");
+    c = base_case();
+    json_object_set_new(c, "tolerance", json_pack("{s:f, s:f}", "atol", 0.0,
+                                                  "rtol", 0.0));
+    json_t *lp = json_object_get(json_object_get(json_array_get(
+        json_object_get(json_object_get(c, "expected"), "loss_fn_outputs"), 0),
+        "logprobs"), "data");
+    json_array_set_new(lp, 0, json_real(json_real_value(json_array_get(lp, 0)) +
+                                        1e-6));
+    run_case(c, 0, "data[0].logprobs[0]");
+}
+END_TEST
+
+/* Malformed content: the case fails with the JSON path in its detail. */
+START_TEST(test_malformed_cases)
+{
+    json_t *c;
+    /* shape/data mismatch */
+    c = base_case();
+    json_object_set_new(json_object_get(inputs_of(c), "advantages"), "shape",
+                        json_pack("[i]", 3));
+    run_case(c, 0, "cases[0].data[0].loss_fn_inputs.advantages: 2 values, "
+                   "expected 3");
+    /* lengths disagree between inputs */
+    c = base_case();
+    json_object_set_new(inputs_of(c), "advantages",
+                        json_pack("{s:[f], s:s}", "data", 1.0, "dtype",
+                                  "float32"));
+    run_case(c, 0, "advantages has length 1 but target_tokens has length 2");
+    /* wrong types */
+    c = base_case();
+    json_object_set_new(c, "data", json_string("x"));
+    run_case(c, 0, "cases[0].data: missing or not an array");
+    c = base_case();
+    json_array_set_new(json_object_get(json_object_get(inputs_of(c),
+                                                       "target_tokens"),
+                                       "data"), 1, json_real(1.5));
+    run_case(c, 0, "target_tokens: data[1] is a real number, expected an "
+                   "integer");
+    c = base_case();
+    json_array_set_new(json_object_get(json_object_get(inputs_of(c),
+                                                       "logprobs"), "data"),
+                       0, json_null());
+    run_case(c, 0, "logprobs: data[0] is null");
+    c = base_case();
+    json_array_set_new(json_object_get(json_object_get(inputs_of(c),
+                                                       "logprobs"), "data"),
+                       0, json_string("-Infinity"));
+    run_case(c, 0, "only \"inf\", \"-inf\" and \"nan\"");
+    /* overflowing shape */
+    c = base_case();
+    json_object_set_new(json_object_get(inputs_of(c), "logprobs"), "shape",
+                        json_pack("[I,I]", (json_int_t)1 << 62, (json_int_t)4));
+    run_case(c, 0, "overflows");
+    /* unknown dtype, chunk type, input key, loss, config key */
+    c = base_case();
+    json_object_set_new(json_object_get(inputs_of(c), "logprobs"), "dtype",
+                        json_string("float16"));
+    run_case(c, 0, "unknown dtype \"float16\"");
+    c = base_case();
+    json_object_set_new(json_array_get(json_object_get(json_object_get(
+        json_array_get(json_object_get(c, "data"), 0), "model_input"),
+        "chunks"), 0), "type", json_string("image"));
+    run_case(c, 0, "unknown chunk type \"image\"");
+    c = base_case();
+    json_object_set_new(inputs_of(c), "mask",
+                        json_pack("{s:[f,f], s:s}", "data", 1.0, 1.0, "dtype",
+                                  "float32"));
+    run_case(c, 0, "loss_fn_inputs.mask: unknown loss_fn_inputs key");
+    c = base_case();
+    json_object_set_new(c, "loss_fn", json_string("ppo2"));
+    run_case(c, 0, "cases[0].loss_fn: unknown loss_fn 'ppo2'");
+    c = base_case();
+    json_object_set_new(c, "loss_fn_config", json_pack("{s:f}", "beta", 0.1));
+    run_case(c, 0, "cases[0].loss_fn_config: unknown loss_fn_config key");
+    /* missing keys */
+    c = base_case();
+    json_object_del(c, "expected");
+    run_case(c, 0, "cases[0].expected");
+    c = base_case();
+    json_object_del(c, "name");
+    run_case(c, 0, "string \"name\"");
+    c = base_case();
+    json_object_del(json_object_get(inputs_of(c), "logprobs"), "dtype");
+    run_case(c, 0, "missing \"dtype\"");
+    c = base_case();
+    json_object_del(inputs_of(c), "advantages");
+    run_case(c, 0, "advantages is missing");
+    /* logits of the wrong shape, and bfloat16 values that are not */
+    c = base_case();
+    json_object_set_new(json_array_get(json_object_get(c, "logits"), 0),
+                        "shape", json_pack("[i,i]", 3, 2));
+    run_case(c, 0, "cases[0].logits[0]: shape [3, 2], expected [2, V >= 1]");
+    c = base_case();
+    json_t *lg = json_array_get(json_object_get(c, "logits"), 0);
+    json_object_set_new(lg, "dtype", json_string("bfloat16"));
+    json_array_set_new(json_object_get(lg, "data"), 5, json_real(0.1));
+    run_case(c, 0, "not exactly representable in bfloat16");
+    /* expected logprobs of the wrong length */
+    c = base_case();
+    json_array_append_new(json_object_get(json_object_get(json_array_get(
+        json_object_get(json_object_get(c, "expected"), "loss_fn_outputs"), 0),
+        "logprobs"), "data"), json_real(0.0));
+    run_case(c, 0, "cases[0].expected.loss_fn_outputs[0].logprobs: 3 values, "
+                   "expected 2");
+    /* a bad logits row */
+    c = base_case();
+    json_array_set_new(json_object_get(json_array_get(json_object_get(c,
+                                                      "logits"), 0), "data"),
+                       4, json_string("nan"));
+    run_case(c, 0, "data[0].logits row 1 has NaN at column 1");
+}
+END_TEST
+
+/* Sparse CSR tensors equal their dense form; broken indices are errors. */
+START_TEST(test_sparse_tensors)
+{
+    json_t *c = base_case();
+    /* weights for cross_entropy as CSR: [[0, 2, 0]] style on shape [2, 1] */
+    json_object_set_new(c, "loss_fn", json_string("cross_entropy"));
+    json_object_del(inputs_of(c), "logprobs");
+    json_object_del(inputs_of(c), "advantages");
+    json_object_set_new(inputs_of(c), "target_tokens",
+                        json_pack("{s:[i,i], s:s, s:[i,i]}", "data", 2, 0,
+                                  "dtype", "int64", "shape", 2, 1));
+    /* row 0 has weight 0.5 at column 0, row 1 has none */
+    json_object_set_new(inputs_of(c), "weights",
+                        json_pack("{s:[f], s:s, s:[i,i], s:[i,i,i], s:[i]}",
+                                  "data", 0.5, "dtype", "float32", "shape", 2,
+                                  1, "sparse_crow_indices", 0, 1, 1,
+                                  "sparse_col_indices", 0));
+    json_t *exp = json_object_get(c, "expected");
+    json_t *lpd = json_object_get(json_object_get(json_array_get(
+        json_object_get(exp, "loss_fn_outputs"), 0), "logprobs"), "data");
+    json_object_set_new(json_object_get(json_array_get(json_object_get(
+        exp, "loss_fn_outputs"), 0), "logprobs"), "shape",
+        json_pack("[i,i]", 2, 1));
+    const double lp0 = json_real_value(json_array_get(lpd, 0));
+    json_object_set_new(json_object_get(exp, "metrics"), "loss:sum",
+                        json_real(-0.5 * lp0));
+    run_case(json_deep_copy(c), 1, NULL);
+    json_object_set_new(json_object_get(inputs_of(c), "weights"),
+                        "sparse_col_indices", json_pack("[i]", 4));
+    run_case(c, 0, "sparse_col_indices[0] = 4 is outside 1 columns");
+}
+END_TEST
+
+START_TEST(test_file_errors)
+{
+    tl_error e;
+    int64_t p, f;
+    ck_assert_int_eq(tl_fixture_check_text("{\"format\": ", NULL, NULL, &p, &f,
+                                           &e), TL_ERR_JSON);
+    ck_assert_msg(strstr(e.message, "invalid JSON"), "%s", e.message);
+    ck_assert_int_eq(tl_fixture_check_text("{\"format\": \"v0\", \"cases\": []}",
+                                           NULL, NULL, &p, &f, &e),
+                     TL_ERR_JSON);
+    ck_assert_str_eq(e.arg, "format");
+    ck_assert_int_eq(tl_fixture_check_text("[1, 2]", NULL, NULL, &p, &f, &e),
+                     TL_ERR_JSON);
+    ck_assert_int_eq(tl_fixture_check_text(
+                         "{\"format\": \"tinkerloss.golden.v1\"}", NULL, NULL,
+                         &p, &f, &e), TL_ERR_JSON);
+    ck_assert_str_eq(e.arg, "cases");
+    ck_assert_int_eq(tl_fixture_check_file("/nonexistent/x.json", NULL, NULL,
+                                           &p, &f, &e), TL_ERR_IO);
+    ck_assert_int_eq(tl_fixture_check_text(
+                         "{\"format\": \"tinkerloss.golden.v1\", \"cases\": "
+                         "[], \"cases\": []}", NULL, NULL, &p, &f, &e),
+                     TL_ERR_JSON); /* duplicate keys are refused */
+    ck_assert_int_eq(tl_fixture_check_text(NULL, NULL, NULL, &p, &f, &e),
+                     TL_ERR_NULL);
+}
+END_TEST
+
+/* ---- verification of a server call ------------------------------------ */
+
+static json_t *base_dump(void)
+{
+    json_t *c = base_case();
+    json_t *req = json_pack("{s:O, s:s, s:n}", "data",
+                            json_object_get(c, "data"), "loss_fn",
+                            "importance_sampling", "loss_fn_config");
+    json_t *exp = json_object_get(c, "expected");
+    json_t *resp = json_pack("{s:O, s:O}", "loss_fn_outputs",
+                             json_object_get(exp, "loss_fn_outputs"),
+                             "metrics", json_object_get(exp, "metrics"));
+    json_t *d = json_pack("{s:o, s:o}", "request", req, "response", resp);
+    json_decref(c);
+    return d;
+}
+
+static char lines[4096];
+static void gather(void *user, int finding, const char *text)
+{
+    (void)user;
+    strncat(lines, finding ? "FINDING " : "note ",
+            sizeof lines - strlen(lines) - 1);
+    strncat(lines, text, sizeof lines - strlen(lines) - 1);
+    strncat(lines, "\n", sizeof lines - strlen(lines) - 1);
+}
+
+static int64_t verify(json_t *d, tl_status want)
+{
+    char *text = json_dumps(d, 0);
+    int64_t findings = -1;
+    tl_error e;
+    lines[0] = '\0';
+    ck_assert_msg(tl_verify_text(text, gather, NULL, &findings, &e) == want,
+                  "%s", e.message);
+    free(text);
+    json_decref(d);
+    return findings;
+}
+
+static json_t *req_inputs(json_t *d)
+{
+    return json_object_get(json_array_get(json_object_get(json_object_get(
+        d, "request"), "data"), 0), "loss_fn_inputs");
+}
+
+START_TEST(test_verify)
+{
+    ck_assert_int_eq(verify(base_dump(), TL_OK), 0);
+    ck_assert_msg(strstr(lines, "metric loss:sum: server"), "%s", lines);
+    ck_assert_msg(strstr(lines, "kl_sample_train_v1:mean"), "%s", lines);
+    /* server loss off */
+    json_t *d = base_dump();
+    json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
+    json_object_set_new(m, "loss:sum", json_real(
+        json_real_value(json_object_get(m, "loss:sum")) + 0.01));
+    json_object_set_new(m, "other:mean", json_real(3.0));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "DISAGREES"), "%s", lines);
+    ck_assert_msg(strstr(lines, "note metric other:mean"), "%s", lines);
+    /* targets not the model input shifted, negative token */
+    d = base_dump();
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "target_tokens"),
+                                       "data"), 0, json_integer(1));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "data[0] position 0: target_tokens is 1 but "
+                                "model_input[1] is 2"), "%s", lines);
+    d = base_dump();
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "target_tokens"),
+                                       "data"), 1, json_integer(-4));
+    ck_assert_int_ge(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "is negative"), "%s", lines);
+    /* NaN sampler logprob, lengths */
+    d = base_dump();
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "logprobs"), "data"),
+                       1, json_string("nan"));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "data[0].loss_fn_inputs.logprobs[1] is NaN"),
+                  "%s", lines);
+    d = base_dump();
+    json_array_append_new(json_object_get(json_object_get(json_array_get(
+        json_object_get(json_object_get(d, "response"), "loss_fn_outputs"), 0),
+        "logprobs"), "data"), json_real(-1.0));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "has 3 values but target_tokens has 2"), "%s",
+                  lines);
+    d = base_dump();
+    json_object_set_new(req_inputs(d), "advantages",
+                        json_pack("{s:[f], s:s}", "data", 1.0, "dtype",
+                                  "float32"));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "length 1 but target_tokens has length 2"),
+                  "%s", lines);
+    /* unreadable */
+    d = base_dump();
+    json_object_del(d, "response");
+    verify(d, TL_ERR_JSON);
+    d = base_dump();
+    json_object_set_new(json_object_get(d, "request"), "loss_fn",
+                        json_integer(3));
+    verify(d, TL_ERR_JSON);
+    tl_error e;
+    ck_assert_int_eq(tl_verify_file("/nonexistent.json", NULL, NULL, NULL, &e),
+                     TL_ERR_IO);
+}
+END_TEST
+
+START_TEST(test_compute_errors)
+{
+    tl_error e;
+    char *out = NULL;
+    const char *files[1] = {"/nonexistent.npy"};
+    ck_assert_int_eq(tl_compute_file("/nonexistent.json", files, 1, NULL, 0,
+                                     &out, &e), TL_ERR_IO);
+    ck_assert_int_eq(tl_compute_file(NULL, files, 1, NULL, 0, &out, &e),
+                     TL_ERR_NULL);
+    ck_assert_ptr_null(out);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("io");
+    TCase *tc = tcase_create("io");
+    tcase_add_test(tc, test_base_case_passes);
+    tcase_add_test(tc, test_value_changes_fail);
+    tcase_add_test(tc, test_malformed_cases);
+    tcase_add_test(tc, test_sparse_tensors);
+    tcase_add_test(tc, test_file_errors);
+    tcase_add_test(tc, test_verify);
+    tcase_add_test(tc, test_compute_errors);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
