@@ -13,8 +13,8 @@
  *  - Argument errors (NULL pointers, sizes, token ids, temperature) are
  *    detected before any output is written. Errors found in the logits data
  *    (TL_ERR_BAD_ROW) leave every per-row output (logprobs, lse, entropy)
- *    untouched; a gradient buffer may then hold the gradients of other rows,
- *    but the bad row's gradient row is never written.
+ *    untouched; a gradient buffer then holds the gradients of the other
+ *    rows, and the bad row's gradient row is filled with NaN.
  *  - The library never prints, exits or aborts.
  *  - Results are bitwise identical whatever the number of threads.
  */

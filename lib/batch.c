@@ -131,7 +131,19 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         goto done;
     }
     const tl_kernels *kern = tl__kernels();
-#pragma omp parallel for schedule(static) num_threads(tl__threads(&o, rows))
+    int64_t vmax = 1;
+    for (int64_t i = 0; i < ndata; i++)
+        if (b.shape[i].n > 0 && data[i].logits.vocab > vmax)
+            vmax = data[i].logits.vocab;
+#pragma omp parallel num_threads(tl__threads(&o, rows))
+    {
+    /* per-thread gradient pipeline (two rows of V floats): each gradient
+     * row is written from its forward pass's exponentials while the next
+     * row is read */
+    tl_pipe pp;
+    if (grads)
+        tl__pipe_init(&pp, vmax);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = b.row_datum[r], row = r - b.row_off[i];
         const int64_t k = b.shape[i].k, t0 = b.tok_off[i] + row * k;
@@ -139,8 +151,11 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         const int64_t *tok = (const int64_t *)d->target_tokens.data + row * k;
         tl_rowresult rr;
         if (tl__row_forward(kern, &d->logits, row, tok, k, o.temperature,
-                            o.entropy, &rr, lp + t0)) {
+                            o.entropy, grads ? &pp : NULL,
+                            grads ? &grads[i] : NULL, &rr, lp + t0)) {
             bad[r] = 1;
+            if (grads)
+                tl__nan_row(&grads[i], row, d->logits.vocab);
             continue;
         }
         ent[r] = rr.entropy;
@@ -155,8 +170,11 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         }
         if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
                                       o.temperature, &rr, lp + t0, g, 0, 0.0,
-                                      &grads[i]))
+                                      &pp, &grads[i]))
             bad[r] = 2;
+    }
+    if (grads)
+        tl__pipe_finish(&pp, kern);
     }
     for (int64_t r = 0; r < rows; r++)
         if (bad[r]) {
@@ -225,7 +243,8 @@ static void fwd_free(fwd_bufs *f)
 /* Allocate and run the forward pass of every datum (tl_logprobs_multi);
  * entropy per row if want_entropy. */
 static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
-                         const tl_options *o, int want_entropy, tl_error *err)
+                         const tl_options *o, int want_entropy,
+                         const tl_grad *grads, tl_error *err)
 {
     const int64_t nd = b->ndata, toks = b->tok_off[nd], rows = b->row_off[nd];
     f->lp = malloc((size_t)(toks + 1) * sizeof *f->lp);
@@ -243,6 +262,9 @@ static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
             &data[i].logits, data[i].target_tokens.data, b->shape[i].k, o,
             f->lp + b->tok_off[i], NULL,
             want_entropy ? f->ent + b->row_off[i] : NULL, err);
+        /* as in the fused path, a bad row's gradient row is NaN */
+        if (s == TL_ERR_BAD_ROW && grads && err)
+            tl__nan_row(&grads[i], err->index, data[i].logits.vocab);
         if ((s = in_datum(s, i, err)))
             return s;
     }
@@ -281,7 +303,7 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
     fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
     /* 1. logprobs of every datum; 2. the loss and dL/dlogprobs from them;
      * 3. dL/dlogprobs chained to the logits */
-    if ((s = fwd_run(&f, data, &b, &o, o.entropy, err)) ||
+    if ((s = fwd_run(&f, data, &b, &o, o.entropy, grads, err)) ||
         (s = tl_loss_eval(cfg, data, ndata, f.lpd, f.gd, metrics, err)) ||
         (s = bwd_run(&f, data, &b, &o, grads, err)))
         goto done;
@@ -345,7 +367,7 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
         goto done;
     }
     /* forward: the logprobs the callback sees */
-    if ((s = fwd_run(&f, data, &b, &o, 0, err)))
+    if ((s = fwd_run(&f, data, &b, &o, 0, grads, err)))
         goto done;
     double c = NAN;
     if (err)

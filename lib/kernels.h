@@ -26,6 +26,13 @@
 #define TL_EXP_FLUSH (-86.5f)
 /* Arguments are clamped to this before use so that -inf never meets 0. */
 #define TL_ARG_CLAMP (-104.0f)
+/* Elements per block of the statistics pass: 8 KiB of float32, in L1. */
+#define TL_BLOCK 2048
+
+static inline int64_t tl__nblocks(int64_t v)
+{
+    return (v + TL_BLOCK - 1) / TL_BLOCK;
+}
 
 typedef struct tl_rowstats {
     float max;   /* max of the raw logits (-inf if all are -inf) */
@@ -33,6 +40,24 @@ typedef struct tl_rowstats {
     double sum;  /* S = sum_j exp(d_j) */
     double wsum; /* W = sum_j exp(d_j) * d_j (only when want_w) */
 } tl_rowstats;
+
+/* The kernels work in base 2: exp(d / T) = 2^(d c) with
+ * c = tl__log2e_scale(inv_t), the same float in every tier and caller. */
+static inline float tl__log2e_scale(float inv_t)
+{
+    return (float)(1.4426950408889634 * (double)inv_t);
+}
+
+/* Optional output of the statistics pass that lets the gradient row be
+ * written without a second exponential: for j in block b,
+ *   exp((x_j - M) / T) = e[j] * 2^(boff[b] - M c)
+ * (M the row max; boff[b] = -inf for leading all -inf blocks, whose e are
+ * 0). */
+typedef struct tl_rowscratch {
+    float *e;      /* v floats */
+    double *boff;  /* tl__nblocks(v) */
+    float *scale;  /* tl__nblocks(v), for the caller's gradient scale */
+} tl_rowscratch;
 
 typedef struct tl_gradcoef {
     float max;   /* M from tl_rowstats */
@@ -42,17 +67,35 @@ typedef struct tl_gradcoef {
     int entropy; /* 0: out_j = k * exp(d_j) */
 } tl_gradcoef;
 
-/* x: one row of `v` elements of the given input dtype. */
+/* A gradient row waiting to be written from its exponentials:
+ * out[j] = e[j] * scale[b] for j in block b. The statistics pass of the
+ * next row writes one block of it after each of its own blocks, so that
+ * the stores of one row overlap the arithmetic of the next. */
+typedef struct tl_pending {
+    const float *e;
+    int64_t v;
+    const float *scale; /* tl__nblocks(v) */
+    void *out;
+    int bf16_out;
+    int64_t next_block; /* first block not yet written */
+} tl_pending;
+
+/* x: one row of `v` elements of the given input dtype; sc and pend may be
+ * NULL. */
 typedef void tl_stats_fn(const void *x, int64_t v, float inv_t, int want_w,
+                         const tl_rowscratch *sc, tl_pending *pend,
                          tl_rowstats *st);
 /* out: one row of `v` elements of the output dtype. */
 typedef void tl_grad_fn(const void *x, int64_t v, const tl_gradcoef *c,
                         void *out);
+/* Write the blocks of a pending row that are not written yet. */
+typedef void tl_flush_fn(tl_pending *pend);
 
 typedef struct tl_kernels {
     tl_isa isa;
     tl_stats_fn *stats[2];   /* [input dtype] */
     tl_grad_fn *grad[2][2];  /* [input dtype][output dtype]; NULL = none */
+    tl_flush_fn *flush;
 } tl_kernels;
 
 extern const tl_kernels tl__kernels_scalar;

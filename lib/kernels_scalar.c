@@ -16,9 +16,15 @@ static inline float exp_neg(float d)
     return d >= TL_EXP_FLUSH ? expf(d) : 0.0f;
 }
 
+static void flush(tl_pending *p);
+
 static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
+                         const tl_rowscratch *sc, tl_pending *pend,
                          tl_rowstats *st, int bf16)
 {
+    /* the reference tier does not interleave: the pending row first */
+    if (pend)
+        flush(pend);
     float m = -INFINITY;
     for (int64_t j = 0; j < v; j++) {
         float xj = load(x, j, bf16);
@@ -30,19 +36,38 @@ static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
             m = xj;
     }
     double s = 0.0, w = 0.0;
-    if (m != -INFINITY) {
-        for (int64_t j = 0; j < v; j++) {
+    for (int64_t j = 0; j < v; j++) {
+        float e = 0.0f;
+        if (m != -INFINITY) {
             float d = fmaxf((load(x, j, bf16) - m) * inv_t, TL_ARG_CLAMP);
-            float e = exp_neg(d);
+            e = exp_neg(d);
             s += (double)e;
             if (want_w)
                 w += (double)(e * d);
         }
+        if (sc)
+            sc->e[j] = e;
     }
+    /* one pass for the max: every block is relative to the row max */
+    const double off = (double)m * (double)tl__log2e_scale(inv_t);
+    for (int64_t b = 0; sc && b < tl__nblocks(v); b++)
+        sc->boff[b] = off;
     st->bad = 0;
     st->max = m;
     st->sum = s;
     st->wsum = w;
+}
+
+static void flush(tl_pending *p)
+{
+    for (int64_t j = p->next_block * TL_BLOCK; j < p->v; j++) {
+        const float gj = p->e[j] * p->scale[j / TL_BLOCK];
+        if (p->bf16_out)
+            ((uint16_t *)p->out)[j] = tl__bf16_round(gj);
+        else
+            ((float *)p->out)[j] = gj;
+    }
+    p->next_block = tl__nblocks(p->v);
 }
 
 static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
@@ -61,15 +86,17 @@ static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
+                      const tl_rowscratch *sc, tl_pending *pend,
                       tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, st, 0);
+    stats(x, v, inv_t, want_w, sc, pend, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
+                       const tl_rowscratch *sc, tl_pending *pend,
                        tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, st, 1);
+    stats(x, v, inv_t, want_w, sc, pend, st, 1);
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
@@ -94,4 +121,5 @@ const tl_kernels tl__kernels_scalar = {
     TL_ISA_SCALAR,
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
+    flush,
 };

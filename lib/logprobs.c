@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static size_t elem_size(tl_dtype d)
 {
@@ -22,14 +23,99 @@ float tl__load(const tl_logits *lg, int64_t row, int64_t col)
                                 : ((const float *)p)[col];
 }
 
+static int scratch_alloc(tl_rowscratch *sc, int64_t vmax)
+{
+    const int64_t nb = tl__nblocks(vmax);
+    sc->e = malloc((size_t)vmax * sizeof *sc->e + 64);
+    sc->boff = malloc((size_t)nb * sizeof *sc->boff + 8);
+    sc->scale = malloc((size_t)nb * sizeof *sc->scale + 8);
+    return sc->e && sc->boff && sc->scale ? 0 : -1;
+}
+
+static void scratch_free(tl_rowscratch *sc)
+{
+    free(sc->e);
+    free(sc->boff);
+    free(sc->scale);
+    sc->e = sc->scale = NULL;
+    sc->boff = NULL;
+}
+
+void tl__pipe_init(tl_pipe *pp, int64_t vmax)
+{
+    memset(pp, 0, sizeof *pp);
+    if (scratch_alloc(&pp->buf[0], vmax) || scratch_alloc(&pp->buf[1], vmax)) {
+        scratch_free(&pp->buf[0]);
+        scratch_free(&pp->buf[1]);
+    }
+}
+
+/* Finish the pending row: its remaining blocks, then its targets. */
+static void pipe_settle(tl_pipe *pp, const tl_kernels *kern)
+{
+    if (!pp->has)
+        return;
+    kern->flush(&pp->pend);
+    for (int64_t q = 0; q < pp->nfix; q++) {
+        if (pp->pend.bf16_out)
+            ((uint16_t *)pp->pend.out)[pp->fix_at[q]] =
+                tl__bf16_round(pp->fix_val[q]);
+        else
+            ((float *)pp->pend.out)[pp->fix_at[q]] = pp->fix_val[q];
+    }
+    pp->has = 0;
+}
+
+void tl__pipe_finish(tl_pipe *pp, const tl_kernels *kern)
+{
+    pipe_settle(pp, kern);
+    scratch_free(&pp->buf[0]);
+    scratch_free(&pp->buf[1]);
+}
+
+static char *grad_row(const tl_grad *grad, int64_t row)
+{
+    return (char *)grad->data +
+           (size_t)row * (size_t)grad->stride * elem_size(grad->dtype);
+}
+
+void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab)
+{
+    char *out = grad_row(grad, row);
+    for (int64_t j = 0; j < vocab; j++) {
+        if (grad->dtype == TL_BF16)
+            ((uint16_t *)out)[j] = 0x7fc0;
+        else
+            ((float *)out)[j] = NAN;
+    }
+}
+
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_rowresult *r, double *lp)
+                    int want_entropy, tl_pipe *pp, const tl_grad *grad,
+                    tl_rowresult *r, double *lp)
 {
     const float inv_t = (float)(1.0 / temperature);
+    /* where the exponentials go: a float32 gradient row holds them itself
+     * (rescaled in place by the backward pass); for a bfloat16 one they go
+     * to the scratch buffer. Not with an entropy term, which needs the
+     * logits again. */
+    tl_rowscratch *sc = NULL;
+    if (pp && grad && pp->buf[pp->cur].e && !want_entropy) {
+        sc = &pp->cur_sc;
+        *sc = pp->buf[pp->cur];
+        /* not when the gradient overwrites the logits: a bad row must still
+         * be readable to be described */
+        if (grad->dtype == TL_F32 && grad->data != lg->data)
+            sc->e = (float *)grad_row(grad, row);
+    }
     tl_rowstats st;
     kern->stats[lg->dtype](tl__row_ptr(lg, row), lg->vocab, inv_t,
-                           want_entropy, &st);
+                           want_entropy, sc, pp && pp->has ? &pp->pend : NULL,
+                           &st);
+    if (pp)
+        pipe_settle(pp, kern);
+    r->scratch = sc != NULL;
     if (st.bad || st.max == -INFINITY)
         return 1;
     r->max = st.max;
@@ -51,7 +137,7 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                      int64_t row, const int64_t *targets, int64_t k,
                      double temperature, const tl_rowresult *r,
                      const double *lp, const double *g, int have_ge,
-                     double ge, const tl_grad *grad)
+                     double ge, tl_pipe *pp, const tl_grad *grad)
 {
     /* With G = sum_q g_q, every element gets
      *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
@@ -88,8 +174,35 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
         if (!isfinite(fix[q]))
             return 1;
     }
-    const size_t es = elem_size(grad->dtype);
-    char *out = (char *)grad->data + (size_t)row * (size_t)grad->stride * es;
+    char *out = grad_row(grad, row);
+    if (pp && r->scratch && !c.entropy) {
+        /* the forward pass left the row's exponentials in the gradient row
+         * (float32) or the scratch buffer (bfloat16): scale each block from
+         * the offset it was summed against to the row max */
+        tl_rowscratch *sc = &pp->cur_sc;
+        const double mc = (double)r->max * (double)tl__log2e_scale(r->inv_t);
+        const int64_t nb = tl__nblocks(lg->vocab);
+        for (int64_t blk = 0; blk < nb; blk++)
+            sc->scale[blk] = isinf(sc->boff[blk])
+                                 ? 0.0f
+                                 : (float)((double)c.k *
+                                           exp2(sc->boff[blk] - mc));
+        pp->pend = (tl_pending){sc->e, lg->vocab, sc->scale, out,
+                                grad->dtype == TL_BF16, 0};
+        pp->nfix = k;
+        for (int64_t q = 0; q < k; q++) {
+            pp->fix_at[q] = targets[q];
+            pp->fix_val[q] = fix[q];
+        }
+        pp->has = 1;
+        pp->cur ^= 1;
+        /* a float32 row is rescaled in place at once (measured faster than
+         * overlapping it with the next row); a bfloat16 row is written
+         * while the next row is read */
+        if (grad->dtype == TL_F32)
+            pipe_settle(pp, kern);
+        return 0;
+    }
     kern->grad[lg->dtype][grad->dtype](tl__row_ptr(lg, row), lg->vocab, &c,
                                        out);
     for (int64_t q = 0; q < k; q++) {
@@ -156,8 +269,8 @@ tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
     for (int64_t i = 0; i < n; i++)
         bad[i] = (unsigned char)tl__row_forward(kern, logits, i,
                                                 targets + i * k, k,
-                                                o.temperature, want_h,
-                                                &res[i], lp + i * k);
+                                                o.temperature, want_h, NULL,
+                                                NULL, &res[i], lp + i * k);
     const int64_t b = first_flag(bad, n);
     if (b >= 0) {
         s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
@@ -214,19 +327,28 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
                         "cannot allocate %lld row flags", (long long)n);
     const tl_kernels *kern = tl__kernels();
     const int have_ge = ge != NULL;
-#pragma omp parallel for schedule(static) num_threads(tl__threads(&o, n))
-    for (int64_t i = 0; i < n; i++) {
-        tl_rowresult r;
-        double lp[TL_MAX_TARGETS], gd[TL_MAX_TARGETS];
-        for (int64_t q = 0; q < k; q++)
-            gd[q] = (double)g[i * k + q];
-        if (tl__row_forward(kern, logits, i, targets + i * k, k,
-                            o.temperature, have_ge, &r, lp))
-            bad[i] = 1;
-        else if (tl__row_backward(kern, logits, i, targets + i * k, k,
-                                  o.temperature, &r, lp, gd, have_ge,
-                                  have_ge ? (double)ge[i] : 0.0, grad))
-            bad[i] = 2;
+#pragma omp parallel num_threads(tl__threads(&o, n))
+    {
+        tl_pipe pp;
+        tl__pipe_init(&pp, logits->vocab);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            tl_rowresult r;
+            double lp[TL_MAX_TARGETS], gd[TL_MAX_TARGETS];
+            for (int64_t q = 0; q < k; q++)
+                gd[q] = (double)g[i * k + q];
+            if (tl__row_forward(kern, logits, i, targets + i * k, k,
+                                o.temperature, have_ge, &pp, grad, &r, lp)) {
+                bad[i] = 1;
+                tl__nan_row(grad, i, logits->vocab);
+            }
+            else if (tl__row_backward(kern, logits, i, targets + i * k, k,
+                                      o.temperature, &r, lp, gd, have_ge,
+                                      have_ge ? (double)ge[i] : 0.0, &pp,
+                                      grad))
+                bad[i] = 2;
+        }
+        tl__pipe_finish(&pp, kern);
     }
     const int64_t b = first_flag(bad, n);
     if (b < 0)

@@ -74,17 +74,6 @@ static inline void vf_store_part(void *out, int64_t j, int64_t n, VF v, int bf16
     }
 }
 
-static inline VF vf_ge_zero(VF v, VF limit, VF d)
-{
-    return _mm256_and_ps(_mm256_cmp_ps(d, limit, _CMP_GE_OQ), v);
-}
-
-static inline VF vf_pow2i(VF t)
-{
-    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f800000)));
-}
-
 static inline float vf_hmax(VF v)
 {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -110,6 +99,26 @@ static inline double vd_hsum(VD a, VD b)
     return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
 }
 
+static inline VF vexp2(VF t);
+
 #define KERNEL_TABLE tl__kernels_avx2
 #define KERNEL_ISA TL_ISA_AVX2
 #include "kernels_body.h"
+
+/* 2^t, t <= 0: n = round(t) with the 1.5 * 2^23 trick (n lands in the low
+ * mantissa bits of u), the polynomial of r = t - n, then n added to the
+ * exponent bits. Results below TL_EXP2_FLUSH are zeroed (n >= -125 keeps
+ * the rest normal; this also covers t = -inf); NaN stays NaN. */
+static inline VF vexp2(VF t)
+{
+    const VF magic = _mm256_set1_ps(12582912.0f);
+    const VF u = _mm256_add_ps(t, magic);
+    const VF n = _mm256_sub_ps(u, magic);
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(u), 23);
+    const VF p = _mm256_castsi256_ps(_mm256_add_epi32(
+        _mm256_castps_si256(vexp2_poly(_mm256_sub_ps(t, n))), e));
+    const VF keep = _mm256_cmp_ps(t, _mm256_set1_ps(TL_EXP2_FLUSH), _CMP_NLT_UQ);
+    /* the integer add can turn a NaN into a number: force it back */
+    const VF nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    return _mm256_or_ps(_mm256_and_ps(keep, p), nan);
+}

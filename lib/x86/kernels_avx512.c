@@ -63,17 +63,6 @@ static inline void vf_store_part(void *out, int64_t j, int64_t n, VF v, int bf16
         _mm512_mask_storeu_ps((float *)out + j, k, v);
 }
 
-static inline VF vf_ge_zero(VF v, VF limit, VF d)
-{
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d, limit, _CMP_GE_OQ), v);
-}
-
-static inline VF vf_pow2i(VF t)
-{
-    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
-    return _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(0x3f800000)));
-}
-
 static inline float vf_hmax(VF v) { return _mm512_reduce_max_ps(v); }
 
 static inline VM vm_none(void) { return 0; }
@@ -89,6 +78,20 @@ static inline void vd_acc(VD *lo, VD *hi, VF v)
 }
 static inline double vd_hsum(VD a, VD b) { return _mm512_reduce_add_pd(_mm512_add_pd(a, b)); }
 
+static inline VF vexp2(VF t);
+
 #define KERNEL_TABLE tl__kernels_avx512
 #define KERNEL_ISA TL_ISA_AVX512
 #include "kernels_body.h"
+
+/* 2^t, t <= 0: n = round(t), the polynomial of r = t - n, then vscalefps
+ * for 2^n. Results below TL_EXP2_FLUSH are zeroed (no subnormals; this
+ * also covers t = -inf); NaN passes through. */
+static inline VF vexp2(VF t)
+{
+    const VF n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT |
+                                             _MM_FROUND_NO_EXC);
+    const __mmask16 keep =
+        _mm512_cmp_ps_mask(t, _mm512_set1_ps(TL_EXP2_FLUSH), _CMP_NLT_UQ);
+    return _mm512_maskz_scalef_ps(keep, vexp2_poly(_mm512_sub_ps(t, n)), n);
+}

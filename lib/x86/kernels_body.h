@@ -8,125 +8,220 @@
  *   vf_load_part(p, j, n, bf16, fill)   n < VW elements, rest = fill
  *   vf_store(out, j, v, bf16)           full vector store
  *   vf_store_part(out, j, n, v, bf16)   first n lanes only
- *   vf_ge_zero(v, limit, d)             v where d >= limit, 0 elsewhere
- *   vf_pow2i(t)                         2^n for t = 1.5*2^23 + n (magic)
+ *   vexp2(t)                            2^t for t <= 0 (NaN stays NaN), 0
+ *                                       below TL_EXP2_FLUSH (defined after
+ *                                       this file, with vexp2_poly)
  *   vf_hmax(v)                          horizontal max
  *   vm_none() vm_unord(mask, v) vm_any(mask)
  *   vd_zero() vd_acc(acc_lo, acc_hi, v) vd_hsum(a, b)
  *   KERNEL_TABLE                        name of the tl_kernels to define
  */
 
-#define TL_BLOCK 2048 /* elements per block: 8 KiB of float32, in L1 */
+/* Minimax coefficients of 2^r on [-1/2, 1/2] (degree 5, fitted for
+ * relative error: 1.1e-7, 1.8e-7 with float32 Horner), shared by the
+ * vector tiers: 1 + r (c1 + r (c2 + ...)). */
+#define TL_EXP2_C1 6.9314706326e-01f
+#define TL_EXP2_C2 2.4022217095e-01f
+#define TL_EXP2_C3 5.5506151170e-02f
+#define TL_EXP2_C4 9.6729313955e-03f
+#define TL_EXP2_C5 1.3302211883e-03f
+/* 2^t below this is flushed to zero (exp(TL_EXP_FLUSH) in base 2) */
+#define TL_EXP2_FLUSH (-124.79f)
+#define TL_LOG2E 1.44269504088896341f
+#define TL_LN2 0.693147180559945309
 
-/* exp(d) for TL_ARG_CLAMP <= d <= 0, flushed to 0 below TL_EXP_FLUSH.
- * Cody-Waite reduction d = n ln2 + r, |r| <= ln2/2, then the degree-7
- * polynomial 1 + r + r^2 P(r) with Cephes' expf coefficients (about 1 ulp),
- * scaled by 2^n through the exponent bits; n >= -125 keeps it normal. */
+static inline VF vexp2_poly(VF r)
+{
+    VF p = vf_fmadd(vf_set1(TL_EXP2_C5), r, vf_set1(TL_EXP2_C4));
+    p = vf_fmadd(p, r, vf_set1(TL_EXP2_C3));
+    p = vf_fmadd(p, r, vf_set1(TL_EXP2_C2));
+    p = vf_fmadd(p, r, vf_set1(TL_EXP2_C1));
+    return vf_fmadd(p, r, vf_set1(1.0f));
+}
+
+/* exp(d) for TL_ARG_CLAMP <= d <= 0 (the entropy-gradient path). */
 static inline VF vexp_neg(VF d)
 {
-    const VF magic = vf_set1(12582912.0f); /* 1.5 * 2^23 */
-    VF t = vf_fmadd(d, vf_set1(1.44269504088896341f), magic);
-    VF n = vf_sub(t, magic);
-    VF r = vf_fnmadd(n, vf_set1(0.693359375f), d);
-    r = vf_fnmadd(n, vf_set1(-2.12194440e-4f), r);
-    VF p = vf_set1(1.9875691500e-4f);
-    p = vf_fmadd(p, r, vf_set1(1.3981999507e-3f));
-    p = vf_fmadd(p, r, vf_set1(8.3334519073e-3f));
-    p = vf_fmadd(p, r, vf_set1(4.1665795894e-2f));
-    p = vf_fmadd(p, r, vf_set1(1.6666665459e-1f));
-    p = vf_fmadd(p, r, vf_set1(5.0000001201e-1f));
-    VF r2 = vf_mul(r, r);
-    p = vf_fmadd(p, r2, vf_add(r, vf_set1(1.0f)));
-    p = vf_mul(p, vf_pow2i(t));
-    return vf_ge_zero(p, vf_set1(TL_EXP_FLUSH), d);
+    return vexp2(vf_mul(d, vf_set1(TL_LOG2E)));
 }
 
-/* d = max((x - m) * inv_t, TL_ARG_CLAMP) */
-static inline VF varg(VF x, VF m, VF inv_t)
-{
-    return vf_max(vf_mul(vf_sub(x, m), inv_t), vf_set1(TL_ARG_CLAMP));
-}
-
+/* Write block blk of a pending gradient row: out = e * scale[blk]. */
 static inline __attribute__((always_inline)) void
-body_stats(const void *x, int64_t v, float inv_t, int want_w,
-           tl_rowstats *st, const int bf16)
+flush_block(tl_pending *p, int64_t blk, const int bf16_out)
 {
-    float m = -INFINITY;
-    double s = 0.0, w = 0.0;
-    const VF vi = vf_set1(inv_t);
-    for (int64_t b0 = 0; b0 < v; b0 += TL_BLOCK) {
+    const int64_t b0 = blk * TL_BLOCK;
+    const int64_t b1 = p->v - b0 < TL_BLOCK ? p->v : b0 + TL_BLOCK;
+    const VF k = vf_set1(p->scale[blk]);
+    int64_t j = b0;
+    for (; j + VW <= b1; j += VW)
+        vf_store(p->out, j, vf_mul(vf_load(p->e, j, 0), k), bf16_out);
+    if (j < b1)
+        vf_store_part(p->out, j, b1 - j,
+                      vf_mul(vf_load_part(p->e, j, b1 - j, 0, 0.0f), k),
+                      bf16_out);
+}
+
+/* One more block of the pending row, if any is left. */
+static inline void flush_next(tl_pending *p)
+{
+    if (!p || p->next_block >= tl__nblocks(p->v))
+        return;
+    if (p->bf16_out)
+        flush_block(p, p->next_block, 1);
+    else
+        flush_block(p, p->next_block, 0);
+    p->next_block++;
+}
+
+static void flush(tl_pending *p)
+{
+    while (p->next_block < tl__nblocks(p->v))
+        flush_next(p);
+}
+
+/*
+ * Row statistics in one read of the row, block by block: the block max
+ * (pass 1), then from L1 the block's terms 2^t, t = x c - m c, with
+ * c = log2(e) / T and m the running max (pass 2). m c is split into floats
+ * hi + lo (exact), so t = fma(x, c, -hi) - lo is exactly 0 at the max
+ * (its term exactly 1) and two operations replace the subtraction and the
+ * scalings. W (entropy) is summed in base 2 and converted at the end.
+ */
+static inline __attribute__((always_inline)) void
+body_stats(const void *x, int64_t v, float inv_t, const int want_w,
+           const tl_rowscratch *sc, tl_pending *pend, tl_rowstats *st,
+           const int bf16)
+{
+    const float c = tl__log2e_scale(inv_t);
+    const VF vc = vf_set1(c);
+    float m = -INFINITY, mc_hi = 0.0f, mc_lo = 0.0f;
+    double off = -INFINITY;  /* m c, exactly */
+    double s = 0.0, w = 0.0; /* relative to off; w in base-2 units */
+    float *e_out = sc ? sc->e : NULL;
+    for (int64_t b0 = 0, blk = 0; b0 < v; b0 += TL_BLOCK, blk++) {
         const int64_t b1 = v - b0 < TL_BLOCK ? v : b0 + TL_BLOCK;
-        /* pass 1: block max and NaN / +inf detection */
+        /* pass 1: block max (a NaN is skipped here: x is the first
+         * operand; it shows up in the sum) */
         VF mx0 = vf_set1(-INFINITY), mx1 = mx0;
-        VM bad = vm_none();
         int64_t j = b0;
         for (; j + 2 * VW <= b1; j += 2 * VW) {
-            VF a = vf_load(x, j, bf16), b = vf_load(x, j + VW, bf16);
-            bad = vm_unord(bad, a);
-            bad = vm_unord(bad, b);
-            mx0 = vf_max(mx0, a);
-            mx1 = vf_max(mx1, b);
+            mx0 = vf_max(vf_load(x, j, bf16), mx0);
+            mx1 = vf_max(vf_load(x, j + VW, bf16), mx1);
         }
-        for (; j < b1; j += VW) {
-            VF a = b1 - j >= VW ? vf_load(x, j, bf16)
-                                : vf_load_part(x, j, b1 - j, bf16,
-                                               -INFINITY);
-            bad = vm_unord(bad, a);
-            mx0 = vf_max(mx0, a);
-        }
+        for (; j < b1; j += VW)
+            mx0 = vf_max(b1 - j >= VW ? vf_load(x, j, bf16)
+                                      : vf_load_part(x, j, b1 - j, bf16,
+                                                     -INFINITY),
+                         mx0);
         const float bm = vf_hmax(vf_max(mx0, mx1));
-        if (vm_any(bad) || bm == INFINITY) {
+        if (bm == INFINITY) {
             st->bad = 1;
             return;
         }
         if (bm > m) {
+            /* the product of two floats is exact in double */
+            const double off_new = (double)bm * (double)c;
             if (m != -INFINITY) {
-                /* rescale what was summed relative to the old max */
-                const double c = ((double)m - (double)bm) * (double)inv_t;
-                const double sc = exp(c);
-                w = sc * (w + c * s);
-                s *= sc;
+                /* rescale what was summed relative to the old offset */
+                const double delta = off - off_new;
+                const double f = exp2(delta);
+                w = f * (w + delta * s);
+                s *= f;
             }
             m = bm;
+            off = off_new;
+            mc_hi = (float)off;
+            mc_lo = (float)(off - (double)mc_hi);
         }
-        if (m == -INFINITY)
-            continue; /* everything so far is -inf: nothing to add */
-        /* pass 2: exponentials of the block, from L1 */
-        const VF vm = vf_set1(m);
+        if (sc)
+            sc->boff[blk] = off;
+        if (m == -INFINITY) {
+            /* everything so far is -inf or NaN: nothing to add, but a NaN
+             * must not go unseen */
+            VM bad = vm_none();
+            for (j = b0; j < b1; j += VW)
+                bad = vm_unord(bad, b1 - j >= VW ? vf_load(x, j, bf16)
+                                                 : vf_load_part(x, j, b1 - j,
+                                                                bf16, 0.0f));
+            if (vm_any(bad)) {
+                st->bad = 1;
+                return;
+            }
+            for (j = b0; e_out && j < b1; j++)
+                e_out[j] = 0.0f;
+            flush_next(pend);
+            continue;
+        }
+        /* pass 2: 2^(x c - m c) over the block, from L1 */
+        const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
         j = b0;
         for (; j + 4 * VW <= b1; j += 4 * VW) {
-            VF d0 = varg(vf_load(x, j, bf16), vm, vi);
-            VF d1 = varg(vf_load(x, j + VW, bf16), vm, vi);
-            VF d2 = varg(vf_load(x, j + 2 * VW, bf16), vm, vi);
-            VF d3 = varg(vf_load(x, j + 3 * VW, bf16), vm, vi);
-            VF e0 = vexp_neg(d0), e1 = vexp_neg(d1);
-            VF e2 = vexp_neg(d2), e3 = vexp_neg(d3);
+            VF t0 = vf_sub(vf_fmadd(vf_load(x, j, bf16), vc, nhi), lo_);
+            VF t1 = vf_sub(vf_fmadd(vf_load(x, j + VW, bf16), vc, nhi), lo_);
+            VF t2 = vf_sub(vf_fmadd(vf_load(x, j + 2 * VW, bf16), vc, nhi), lo_);
+            VF t3 = vf_sub(vf_fmadd(vf_load(x, j + 3 * VW, bf16), vc, nhi), lo_);
+            VF e0 = vexp2(t0), e1 = vexp2(t1), e2 = vexp2(t2), e3 = vexp2(t3);
+            if (e_out) {
+                vf_store(e_out, j, e0, 0);
+                vf_store(e_out, j + VW, e1, 0);
+                vf_store(e_out, j + 2 * VW, e2, 0);
+                vf_store(e_out, j + 3 * VW, e3, 0);
+            }
             /* four terms per lane in float (error <= 2 ulp), then double */
             vd_acc(&s0, &s1, vf_add(vf_add(e0, e1), vf_add(e2, e3)));
-            if (want_w)
+            if (want_w) {
+                /* clamp t so that -inf never meets a zero term */
+                const VF lo = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
+                t0 = vf_max(lo, t0);
+                t1 = vf_max(lo, t1);
+                t2 = vf_max(lo, t2);
+                t3 = vf_max(lo, t3);
                 vd_acc(&w0, &w1,
-                       vf_add(vf_fmadd(e0, d0, vf_mul(e1, d1)),
-                              vf_fmadd(e2, d2, vf_mul(e3, d3))));
+                       vf_add(vf_fmadd(e0, t0, vf_mul(e1, t1)),
+                              vf_fmadd(e2, t2, vf_mul(e3, t3))));
+            }
         }
         for (; j < b1; j += VW) {
-            VF xa = b1 - j >= VW ? vf_load(x, j, bf16)
-                                 : vf_load_part(x, j, b1 - j, bf16,
-                                                -INFINITY);
-            VF d0 = varg(xa, vm, vi);
-            VF e0 = vexp_neg(d0);
+            const int64_t left = b1 - j;
+            VF xa = left >= VW ? vf_load(x, j, bf16)
+                               : vf_load_part(x, j, left, bf16, -INFINITY);
+            VF t0 = vf_sub(vf_fmadd(xa, vc, nhi), lo_);
+            VF e0 = vexp2(t0);
+            if (e_out) {
+                if (left >= VW)
+                    vf_store(e_out, j, e0, 0);
+                else
+                    vf_store_part(e_out, j, left, e0, 0);
+            }
             vd_acc(&s0, &s1, e0);
             if (want_w)
-                vd_acc(&w0, &w1, vf_mul(e0, d0));
+                vd_acc(&w0, &w1,
+                       vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
         }
         s += vd_hsum(s0, s1);
         if (want_w)
             w += vd_hsum(w0, w1);
+        /* the stores of the previous row's gradient overlap this row's
+         * loads and arithmetic */
+        flush_next(pend);
     }
+    /* a NaN anywhere made its term, and so the sum, NaN */
+    if (isnan(s) || isnan(w)) {
+        st->bad = 1;
+        return;
+    }
+    /* the last offset is the row max's: s and w are relative to it */
     st->bad = 0;
     st->max = m;
     st->sum = s;
-    st->wsum = w;
+    st->wsum = w * TL_LN2;
+}
+
+/* d = max(TL_ARG_CLAMP, (x - m) / T), for the recomputing gradient path */
+static inline VF varg(VF x, VF m, VF inv_t)
+{
+    return vf_max(vf_set1(TL_ARG_CLAMP), vf_mul(vf_sub(x, m), inv_t));
 }
 
 static inline __attribute__((always_inline)) void
@@ -152,15 +247,23 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
+                      const tl_rowscratch *sc, tl_pending *pend,
                       tl_rowstats *st)
 {
-    body_stats(x, v, inv_t, want_w, st, 0);
+    if (want_w)
+        body_stats(x, v, inv_t, 1, sc, pend, st, 0);
+    else
+        body_stats(x, v, inv_t, 0, sc, pend, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
+                       const tl_rowscratch *sc, tl_pending *pend,
                        tl_rowstats *st)
 {
-    body_stats(x, v, inv_t, want_w, st, 1);
+    if (want_w)
+        body_stats(x, v, inv_t, 1, sc, pend, st, 1);
+    else
+        body_stats(x, v, inv_t, 0, sc, pend, st, 1);
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
@@ -185,4 +288,5 @@ const tl_kernels KERNEL_TABLE = {
     KERNEL_ISA,
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
+    flush,
 };

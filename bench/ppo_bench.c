@@ -1,0 +1,350 @@
+/*
+ * ppo_bench: how close tinkerloss runs to this machine's memory limits.
+ *
+ *   ppo_bench [--tokens N] [--vocab V] [--dtype f32|bf16] [--mode fwd|fwdbwd]
+ *             [--loss ppo|importance_sampling|cross_entropy|cispo|dro]
+ *             [--threads T] [--isa scalar|avx2|avx512|auto] [--repeat R]
+ *             [--json]
+ *
+ * Without --dtype, --mode or --threads it runs every dtype, both modes and
+ * 1 and all threads. Inputs come from a fixed seed: logits normal with
+ * standard deviation 3, targets, sampler logprobs near the true ones,
+ * advantages normal.
+ *
+ * In the same run it measures the memory bandwidth (a streaming read and a
+ * streaming copy over 512 MiB buffers, with the same thread count),
+ * interleaved with the timed calls so that both see the same machine. The
+ * roofline of fwd is one read of the logits at the read bandwidth; that of
+ * fwdbwd one read of the logits plus one write of the gradient at the copy
+ * bandwidth (which counts bytes read plus bytes written).
+ */
+#include "tinkerloss.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct cfg {
+    int64_t n, v;
+    int dtype;   /* -1 both, 0 f32, 1 bf16 */
+    int mode;    /* -1 both, 0 fwd, 1 fwdbwd */
+    int threads; /* 0: 1 and all */
+    const char *loss;
+    const char *isa;
+    int repeat;
+    int json;
+} cfg;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static double uniform(void)
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+static double normal(void)
+{
+    const double u = uniform(), w = uniform();
+    return sqrt(-2.0 * log(u > 1e-300 ? u : 1e-300)) * cos(6.283185307179586 * w);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* ---- memory bandwidth --------------------------------------------------- */
+
+#define BW_BYTES ((size_t)512 << 20)
+static uint64_t *bw_a, *bw_b;
+static volatile uint64_t bw_sink;
+
+/* Seconds to read BW_BYTES once (integer xor: vectorises at any ISA). */
+static double bw_read(int threads)
+{
+    const size_t n = BW_BYTES / sizeof(uint64_t);
+    const double t0 = now();
+    uint64_t acc = 0;
+#pragma omp parallel for num_threads(threads) reduction(^ : acc) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        acc ^= bw_a[i];
+    const double t = now() - t0;
+    bw_sink = acc;
+    return t;
+}
+
+/* Seconds to copy BW_BYTES (read BW_BYTES, write BW_BYTES). */
+static double bw_copy(int threads)
+{
+    const size_t n = BW_BYTES / sizeof(uint64_t);
+    const double t0 = now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        bw_b[i] = bw_a[i];
+    return now() - t0;
+}
+
+/* ---- the workload --------------------------------------------------------- */
+
+typedef struct work {
+    int64_t n, v;
+    float *x;
+    uint16_t *xb;
+    void *grad; /* n * v floats: room for either dtype */
+    int64_t *t;
+    float *q, *a, *w, *lp;
+    tl_loss_config cfg;
+} work;
+
+static int make_work(work *wk, const cfg *c)
+{
+    const int64_t n = c->n, v = c->v;
+    wk->n = n;
+    wk->v = v;
+    wk->x = malloc((size_t)(n * v) * sizeof *wk->x);
+    wk->xb = malloc((size_t)(n * v) * sizeof *wk->xb);
+    wk->grad = malloc((size_t)(n * v) * sizeof(float));
+    wk->t = malloc((size_t)n * sizeof *wk->t);
+    wk->q = malloc((size_t)n * sizeof *wk->q);
+    wk->a = malloc((size_t)n * sizeof *wk->a);
+    wk->w = malloc((size_t)n * sizeof *wk->w);
+    wk->lp = malloc((size_t)n * sizeof *wk->lp);
+    if (!wk->x || !wk->xb || !wk->grad || !wk->t || !wk->q || !wk->a ||
+        !wk->w || !wk->lp)
+        return -1;
+    for (int64_t k = 0; k < n * v; k++) {
+        wk->x[k] = (float)(3.0 * normal());
+        wk->xb[k] = tl_f32_to_bf16(wk->x[k]);
+    }
+    memset(wk->grad, 0, (size_t)(n * v) * sizeof(float)); /* fault it in */
+    for (int64_t i = 0; i < n; i++) {
+        wk->t[i] = (int64_t)(uniform() * (double)v);
+        wk->a[i] = (float)normal();
+        wk->w[i] = 1.0f;
+    }
+    /* sampler logprobs near the trainer's: ratios around 1 */
+    tl_logits lg = {wk->x, TL_F32, n, v, v};
+    if (tl_logprobs(&lg, wk->t, NULL, wk->lp, NULL, NULL, NULL) != TL_OK)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        wk->q[i] = wk->lp[i] + (float)(0.2 * normal());
+    const char *kb[1] = {"beta"};
+    const double vb[1] = {0.05};
+    const int dro = strcmp(c->loss, "dro") == 0;
+    tl_error e;
+    if (tl_loss_config_init(&wk->cfg, c->loss, dro ? kb : NULL,
+                            dro ? vb : NULL, dro, &e) != TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+        return -2;
+    }
+    return 0;
+}
+
+static tl_datum datum_of(const work *wk, int bf16)
+{
+    tl_datum d;
+    memset(&d, 0, sizeof d);
+    d.target_tokens = tl_tensor_1d(wk->t, TL_I64, wk->n);
+    if (wk->cfg.fn == TL_LOSS_CROSS_ENTROPY) {
+        d.weights = tl_tensor_1d(wk->w, TL_F32, wk->n);
+    } else {
+        d.logprobs = tl_tensor_1d(wk->q, TL_F32, wk->n);
+        d.advantages = tl_tensor_1d(wk->a, TL_F32, wk->n);
+    }
+    d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
+                           bf16 ? TL_BF16 : TL_F32, wk->n, wk->v, wk->v};
+    return d;
+}
+
+/* Largest |logprob - float64| over a sample of rows. */
+static double logprob_error(const work *wk, int bf16, const float *lp)
+{
+    double worst = 0.0;
+    const int64_t step = wk->n > 8 ? wk->n / 8 : 1;
+    for (int64_t i = 0; i < wk->n; i += step) {
+        const float *row = wk->x + i * wk->v;
+        const uint16_t *rb = wk->xb + i * wk->v;
+        double m = -INFINITY, s = 0.0;
+        for (int64_t j = 0; j < wk->v; j++)
+            m = fmax(m, bf16 ? (double)tl_bf16_to_f32(rb[j]) : (double)row[j]);
+        for (int64_t j = 0; j < wk->v; j++)
+            s += exp((bf16 ? (double)tl_bf16_to_f32(rb[j]) : (double)row[j]) - m);
+        const double xt = bf16 ? (double)tl_bf16_to_f32(rb[wk->t[i]])
+                               : (double)row[wk->t[i]];
+        worst = fmax(worst, fabs((double)lp[i] - (xt - m - log(s))));
+    }
+    return worst;
+}
+
+static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
+                       int threads, int first)
+{
+    tl_datum d = datum_of(wk, bf16);
+    tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, wk->v};
+    tl_options o = tl_options_default();
+    o.threads = threads;
+    float *lps[1] = {wk->lp};
+    const int r = c->repeat;
+    double *tk = malloc((size_t)r * sizeof *tk);
+    double *tr = malloc((size_t)r * sizeof *tr);
+    double *tc = malloc((size_t)r * sizeof *tc);
+    tl_metrics m;
+    tl_error e;
+    /* warm-up call, then timed calls interleaved with the bandwidth runs */
+    if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps, fwdbwd ? &gr : NULL, &m,
+                            &e) != TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+        return -1;
+    }
+    for (int k = 0; k < r; k++) {
+        tr[k] = bw_read(threads);
+        const double t0 = now();
+        tl_forward_backward(&wk->cfg, &d, 1, &o, lps, fwdbwd ? &gr : NULL, &m,
+                            NULL);
+        tk[k] = now() - t0;
+        tc[k] = bw_copy(threads);
+    }
+    const double read_gbps = (double)BW_BYTES / median(tr, r) * 1e-9;
+    const double copy_gbps = 2.0 * (double)BW_BYTES / median(tc, r) * 1e-9;
+    const double med = median(tk, r), mn = tk[0];
+    const double bytes = (double)(wk->n * wk->v) * (bf16 ? 2.0 : 4.0) *
+                         (fwdbwd ? 2.0 : 1.0);
+    const double gbps = bytes / med * 1e-9;
+    const double roof = fwdbwd ? copy_gbps : read_gbps;
+    const double err = logprob_error(wk, bf16, wk->lp);
+    const char *isa = tl_isa_name(tl_isa_active());
+    if (c->json) {
+        printf("{\"workload\": \"%s %s %s\", \"tokens\": %lld, \"vocab\": %lld, "
+               "\"dtype\": \"%s\", \"mode\": \"%s\", \"loss\": \"%s\", "
+               "\"threads\": %d, \"isa\": \"%s\", \"ms_median\": %.4f, "
+               "\"ms_min\": %.4f, \"gbps\": %.3f, \"tokens_per_s\": %.1f, "
+               "\"read_gbps\": %.3f, \"copy_gbps\": %.3f, "
+               "\"roofline_gbps\": %.3f, \"roofline_fraction\": %.4f, "
+               "\"max_abs_logprob_error\": %.3e, \"loss_sum\": %.9g}\n",
+               c->loss, fwdbwd ? "fwdbwd" : "fwd", bf16 ? "bf16" : "f32",
+               (long long)wk->n, (long long)wk->v, bf16 ? "bf16" : "f32",
+               fwdbwd ? "fwdbwd" : "fwd", c->loss, threads, isa, 1e3 * med,
+               1e3 * mn, gbps, (double)wk->n / med, read_gbps, copy_gbps, roof,
+               gbps / roof, err, *tl_metrics_get(&m, "loss:sum"));
+    } else {
+        if (first)
+            printf("%-6s %-5s %-7s %3s %9s %9s %8s %11s %9s %7s %9s\n", "isa",
+                   "dtype", "mode", "thr", "ms_median", "ms_min", "GB/s",
+                   "tokens/s", "roof_GB/s", "roof_%", "lp_error");
+        printf("%-6s %-5s %-7s %3d %9.3f %9.3f %8.2f %11.0f %9.2f %6.1f%% "
+               "%9.2e\n", isa, bf16 ? "bf16" : "f32",
+               fwdbwd ? "fwdbwd" : "fwd", threads, 1e3 * med, 1e3 * mn, gbps,
+               (double)wk->n / med, roof, 100.0 * gbps / roof, err);
+    }
+    fflush(stdout);
+    free(tk);
+    free(tr);
+    free(tc);
+    return 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: ppo_bench [--tokens N] [--vocab V] [--dtype f32|bf16]\n"
+            "                 [--mode fwd|fwdbwd] [--loss NAME] [--threads T]\n"
+            "                 [--isa scalar|avx2|avx512|auto] [--repeat R] "
+            "[--json]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    cfg c = {512, 151936, -1, -1, 0, "ppo", "auto", 7, 0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--json")) {
+            c.json = 1;
+            continue;
+        }
+        if (!val)
+            return usage();
+        i++;
+        if (!strcmp(a, "--tokens"))
+            c.n = atoll(val);
+        else if (!strcmp(a, "--vocab"))
+            c.v = atoll(val);
+        else if (!strcmp(a, "--repeat"))
+            c.repeat = atoi(val);
+        else if (!strcmp(a, "--threads"))
+            c.threads = atoi(val);
+        else if (!strcmp(a, "--loss"))
+            c.loss = val;
+        else if (!strcmp(a, "--isa"))
+            c.isa = val;
+        else if (!strcmp(a, "--dtype") && (!strcmp(val, "f32") || !strcmp(val, "bf16")))
+            c.dtype = !strcmp(val, "bf16");
+        else if (!strcmp(a, "--mode") && (!strcmp(val, "fwd") || !strcmp(val, "fwdbwd")))
+            c.mode = !strcmp(val, "fwdbwd");
+        else
+            return usage();
+    }
+    if (c.n < 1 || c.v < 1 || c.repeat < 1 || c.threads < 0)
+        return usage();
+    if (strcmp(c.isa, "auto") != 0) {
+        tl_isa isa;
+        if (tl_isa_parse(c.isa, &isa) != TL_OK || tl_isa_set(isa) != TL_OK) {
+            fprintf(stderr, "ppo_bench: ISA '%s' unknown or not supported here "
+                            "(best: %s)\n", c.isa, tl_isa_name(tl_isa_best()));
+            return 2;
+        }
+    }
+    bw_a = malloc(BW_BYTES);
+    bw_b = malloc(BW_BYTES);
+    work wk;
+    memset(&wk, 0, sizeof wk);
+    const int mk = make_work(&wk, &c);
+    if (mk == -2)
+        return 2;
+    if (!bw_a || !bw_b || mk) {
+        fprintf(stderr, "ppo_bench: out of memory\n");
+        return 1;
+    }
+    memset(bw_a, 1, BW_BYTES);
+    memset(bw_b, 0, BW_BYTES);
+    const int all = omp_get_max_threads();
+    int thr[2] = {1, all}, nthr = all > 1 ? 2 : 1;
+    if (c.threads > 0) {
+        thr[0] = c.threads;
+        nthr = 1;
+    }
+    if (!c.json)
+        printf("ppo_bench: loss %s, N = %lld tokens, V = %lld, repeat %d, "
+               "best ISA here %s\n", c.loss, (long long)c.n, (long long)c.v,
+               c.repeat, tl_isa_name(tl_isa_best()));
+    int first = 1, rc = 0;
+    for (int ti = 0; ti < nthr; ti++)
+        for (int bf = 0; bf < 2; bf++)
+            for (int mode = 0; mode < 2; mode++) {
+                if ((c.dtype >= 0 && c.dtype != bf) ||
+                    (c.mode >= 0 && c.mode != mode))
+                    continue;
+                if (run_variant(&c, &wk, bf, mode, thr[ti], first))
+                    rc = 1;
+                first = 0;
+            }
+    return rc;
+}
