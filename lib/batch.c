@@ -137,12 +137,8 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
             vmax = data[i].logits.vocab;
 #pragma omp parallel num_threads(tl__threads(&o, rows))
     {
-    /* per-thread gradient pipeline (two rows of V floats): each gradient
-     * row is written from its forward pass's exponentials while the next
-     * row is read */
-    tl_pipe pp;
-    if (grads)
-        tl__pipe_init(&pp, vmax);
+    tl_rowscratch *sc =
+        grads ? tl__scratch_for(&grads[0], o.entropy, vmax) : NULL;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = b.row_datum[r], row = r - b.row_off[i];
@@ -151,8 +147,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         const int64_t *tok = (const int64_t *)d->target_tokens.data + row * k;
         tl_rowresult rr;
         if (tl__row_forward(kern, &d->logits, row, tok, k, o.temperature,
-                            o.entropy, grads ? &pp : NULL,
-                            grads ? &grads[i] : NULL, &rr, lp + t0)) {
+                            o.entropy, sc, &rr, lp + t0)) {
             bad[r] = 1;
             if (grads)
                 tl__nan_row(&grads[i], row, d->logits.vocab);
@@ -170,11 +165,10 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         }
         if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
                                       o.temperature, &rr, lp + t0, g, 0, 0.0,
-                                      &pp, &grads[i]))
+                                      &grads[i]))
             bad[r] = 2;
     }
-    if (grads)
-        tl__pipe_finish(&pp, kern);
+    tl__scratch_delete(sc);
     }
     for (int64_t r = 0; r < rows; r++)
         if (bad[r]) {

@@ -67,47 +67,30 @@ typedef struct tl_rowresult {
     double log_sum; /* log S */
     double lse;     /* logsumexp(x / T) */
     double entropy; /* entropy (when requested) */
-    int scratch;    /* the exponentials are in the pipe's current buffer */
+    const tl_rowscratch *scratch; /* holds the row's exponentials, or NULL */
 } tl_rowresult;
 
 const void *tl__row_ptr(const tl_logits *lg, int64_t row);
 float tl__load(const tl_logits *lg, int64_t row, int64_t col);
 
-/* Per-thread state of the gradient pipeline: two row scratch buffers and
- * the gradient row still being written (see tl_pending). Rows pass through
- *   tl__row_forward  (statistics; writes the pending row meanwhile, then
- *                     finishes it and its target elements)
- *   tl__row_backward (the row's scale factors and target elements; the row
- *                     becomes pending)
- * and tl__pipe_finish writes the last pending row. Without buffers (pp
- * NULL or allocation failed) the gradient is written at once by
- * recomputing the exponentials. */
-typedef struct tl_pipe {
-    tl_rowscratch buf[2];
-    int cur;                /* buffer the next forward pass fills */
-    int has;                /* a row is pending */
-    tl_pending pend;
-    int64_t nfix;           /* its target elements, written last */
-    int64_t fix_at[TL_MAX_TARGETS];
-    float fix_val[TL_MAX_TARGETS];
-    tl_rowscratch cur_sc;   /* what the last forward pass filled */
-} tl_pipe;
-
-/* Allocate the buffers for rows of up to vmax elements. On failure the
- * pipe still works, without buffers. */
-void tl__pipe_init(tl_pipe *pp, int64_t vmax);
-/* Write what is pending (with kern's flush) and free the buffers. */
-void tl__pipe_finish(tl_pipe *pp, const tl_kernels *kern);
+/* A per-thread scratch row (V floats) where the forward pass leaves the
+ * row's exponentials for the gradient pass; NULL when the gradient is
+ * better recomputed from the logits (or allocation failed, or there is no
+ * gradient or an entropy term). */
+tl_rowscratch *tl__scratch_for(const tl_grad *grad, int entropy,
+                               int64_t vmax);
+tl_rowscratch *tl__scratch_new(int64_t vmax);
+void tl__scratch_delete(tl_rowscratch *sc);
 
 /* Forward pass of one row (one read of the logits) with k targets; writes
- * the k target logprobs to lp. pp and grad (the gradient this row will
- * get, or NULL) may be NULL (forward only). Returns 0,
+ * the k target logprobs to lp. sc (may be NULL) receives the row's
+ * exponentials for tl__row_backward. Returns 0,
  * or 1 if the row has NaN/+inf, is all -inf, or a target logit is -inf.
  * Arguments are assumed validated. */
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_pipe *pp, const tl_grad *grad,
-                    tl_rowresult *r, double *lp);
+                    int want_entropy, tl_rowscratch *sc, tl_rowresult *r,
+                    double *lp);
 
 /* Fill the first vocab elements of gradient row `row` with NaN (the
  * gradient row of a bad logits row). */
@@ -115,13 +98,12 @@ void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab);
 
 /* Gradient row `row` of `grad` for upstream g[q] = dL/dlp[q] of the k
  * targets and (if have_ge) ge = dL/dentropy, from the forward results r
- * and lp of the same row (computed with want_entropy = have_ge and the
- * same pp). Returns 1, writing nothing, if a gradient value overflows
- * float32. */
+ * and lp of the same row (computed with want_entropy = have_ge). Returns
+ * 1, writing nothing, if a gradient value overflows float32. */
 int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                      int64_t row, const int64_t *targets, int64_t k,
                      double temperature, const tl_rowresult *r,
                      const double *lp, const double *g, int have_ge,
-                     double ge, tl_pipe *pp, const tl_grad *grad);
+                     double ge, const tl_grad *grad);
 
 #endif

@@ -59,43 +59,33 @@ typedef struct tl_rowscratch {
     float *scale;  /* tl__nblocks(v), for the caller's gradient scale */
 } tl_rowscratch;
 
+/* out_j = exp(d_j) (k + kb d_j), d_j = (x_j - M) / T. */
 typedef struct tl_gradcoef {
-    float max;   /* M from tl_rowstats */
-    float inv_t; /* 1 / temperature */
-    float k;     /* scale of exp(d_j) */
-    float kb;    /* scale of exp(d_j) * d_j (entropy term), used if entropy */
-    int entropy; /* 0: out_j = k * exp(d_j) */
+    float max;    /* M from tl_rowstats */
+    float inv_t;  /* 1 / temperature */
+    float c;      /* tl__log2e_scale(inv_t) */
+    float off_hi; /* M c = off_hi + off_lo exactly (vector tiers) */
+    float off_lo;
+    float k;      /* scale of exp(d_j) */
+    float kb;     /* scale of exp(d_j) * d_j (entropy term), used if entropy */
+    int entropy;  /* 0: out_j = k * exp(d_j) */
 } tl_gradcoef;
 
-/* A gradient row waiting to be written from its exponentials:
- * out[j] = e[j] * scale[b] for j in block b. The statistics pass of the
- * next row writes one block of it after each of its own blocks, so that
- * the stores of one row overlap the arithmetic of the next. */
-typedef struct tl_pending {
-    const float *e;
-    int64_t v;
-    const float *scale; /* tl__nblocks(v) */
-    void *out;
-    int bf16_out;
-    int64_t next_block; /* first block not yet written */
-} tl_pending;
-
-/* x: one row of `v` elements of the given input dtype; sc and pend may be
- * NULL. */
+/* x: one row of `v` elements of the given input dtype; sc may be NULL. */
 typedef void tl_stats_fn(const void *x, int64_t v, float inv_t, int want_w,
-                         const tl_rowscratch *sc, tl_pending *pend,
-                         tl_rowstats *st);
+                         const tl_rowscratch *sc, tl_rowstats *st);
 /* out: one row of `v` elements of the output dtype. */
 typedef void tl_grad_fn(const void *x, int64_t v, const tl_gradcoef *c,
                         void *out);
-/* Write the blocks of a pending row that are not written yet. */
-typedef void tl_flush_fn(tl_pending *pend);
+/* out_j = e[j] * scale[b] for j in block b (from a tl_rowscratch). */
+typedef void tl_scale_fn(const float *e, int64_t v, const float *scale,
+                         void *out);
 
 typedef struct tl_kernels {
     tl_isa isa;
     tl_stats_fn *stats[2];   /* [input dtype] */
     tl_grad_fn *grad[2][2];  /* [input dtype][output dtype]; NULL = none */
-    tl_flush_fn *flush;
+    tl_scale_fn *scale[2];   /* [output dtype] */
 } tl_kernels;
 
 extern const tl_kernels tl__kernels_scalar;

@@ -16,15 +16,9 @@ static inline float exp_neg(float d)
     return d >= TL_EXP_FLUSH ? expf(d) : 0.0f;
 }
 
-static void flush(tl_pending *p);
-
 static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
-                         const tl_rowscratch *sc, tl_pending *pend,
-                         tl_rowstats *st, int bf16)
+                         const tl_rowscratch *sc, tl_rowstats *st, int bf16)
 {
-    /* the reference tier does not interleave: the pending row first */
-    if (pend)
-        flush(pend);
     float m = -INFINITY;
     for (int64_t j = 0; j < v; j++) {
         float xj = load(x, j, bf16);
@@ -58,16 +52,16 @@ static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
     st->wsum = w;
 }
 
-static void flush(tl_pending *p)
+static inline void scale(const float *e, int64_t v, const float *sb,
+                         void *out, int bf16_out)
 {
-    for (int64_t j = p->next_block * TL_BLOCK; j < p->v; j++) {
-        const float gj = p->e[j] * p->scale[j / TL_BLOCK];
-        if (p->bf16_out)
-            ((uint16_t *)p->out)[j] = tl__bf16_round(gj);
+    for (int64_t j = 0; j < v; j++) {
+        const float gj = e[j] * sb[j / TL_BLOCK];
+        if (bf16_out)
+            ((uint16_t *)out)[j] = tl__bf16_round(gj);
         else
-            ((float *)p->out)[j] = gj;
+            ((float *)out)[j] = gj;
     }
-    p->next_block = tl__nblocks(p->v);
 }
 
 static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
@@ -86,17 +80,25 @@ static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
-                      const tl_rowscratch *sc, tl_pending *pend,
-                      tl_rowstats *st)
+                      const tl_rowscratch *sc, tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, sc, pend, st, 0);
+    stats(x, v, inv_t, want_w, sc, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
-                       const tl_rowscratch *sc, tl_pending *pend,
-                       tl_rowstats *st)
+                       const tl_rowscratch *sc, tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, sc, pend, st, 1);
+    stats(x, v, inv_t, want_w, sc, st, 1);
+}
+
+static void scale_f32(const float *e, int64_t v, const float *sb, void *out)
+{
+    scale(e, v, sb, out, 0);
+}
+
+static void scale_bf16(const float *e, int64_t v, const float *sb, void *out)
+{
+    scale(e, v, sb, out, 1);
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
@@ -121,5 +123,5 @@ const tl_kernels tl__kernels_scalar = {
     TL_ISA_SCALAR,
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
-    flush,
+    {scale_f32, scale_bf16},
 };

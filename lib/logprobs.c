@@ -41,36 +41,33 @@ static void scratch_free(tl_rowscratch *sc)
     sc->boff = NULL;
 }
 
-void tl__pipe_init(tl_pipe *pp, int64_t vmax)
+tl_rowscratch *tl__scratch_for(const tl_grad *grad, int entropy, int64_t vmax)
 {
-    memset(pp, 0, sizeof *pp);
-    if (scratch_alloc(&pp->buf[0], vmax) || scratch_alloc(&pp->buf[1], vmax)) {
-        scratch_free(&pp->buf[0]);
-        scratch_free(&pp->buf[1]);
-    }
+    /* a bfloat16 gradient is written from the forward pass's exponentials
+     * (the arithmetic bounds that case); a float32 one from the logits
+     * again, still in cache (memory bounds that case, and a scratch row
+     * would take cache room from it) */
+    if (!grad || entropy || (grad->dtype == TL_F32 && !getenv("TL_SCRATCH")))
+        return NULL;
+    return tl__scratch_new(vmax);
 }
 
-/* Finish the pending row: its remaining blocks, then its targets. */
-static void pipe_settle(tl_pipe *pp, const tl_kernels *kern)
+tl_rowscratch *tl__scratch_new(int64_t vmax)
 {
-    if (!pp->has)
-        return;
-    kern->flush(&pp->pend);
-    for (int64_t q = 0; q < pp->nfix; q++) {
-        if (pp->pend.bf16_out)
-            ((uint16_t *)pp->pend.out)[pp->fix_at[q]] =
-                tl__bf16_round(pp->fix_val[q]);
-        else
-            ((float *)pp->pend.out)[pp->fix_at[q]] = pp->fix_val[q];
+    tl_rowscratch *sc = calloc(1, sizeof *sc);
+    if (sc && scratch_alloc(sc, vmax)) {
+        scratch_free(sc);
+        free(sc);
+        sc = NULL;
     }
-    pp->has = 0;
+    return sc;
 }
 
-void tl__pipe_finish(tl_pipe *pp, const tl_kernels *kern)
+void tl__scratch_delete(tl_rowscratch *sc)
 {
-    pipe_settle(pp, kern);
-    scratch_free(&pp->buf[0]);
-    scratch_free(&pp->buf[1]);
+    if (sc)
+        scratch_free(sc);
+    free(sc);
 }
 
 static char *grad_row(const tl_grad *grad, int64_t row)
@@ -92,30 +89,16 @@ void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab)
 
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_pipe *pp, const tl_grad *grad,
-                    tl_rowresult *r, double *lp)
+                    int want_entropy, tl_rowscratch *sc, tl_rowresult *r,
+                    double *lp)
 {
     const float inv_t = (float)(1.0 / temperature);
-    /* where the exponentials go: a float32 gradient row holds them itself
-     * (rescaled in place by the backward pass); for a bfloat16 one they go
-     * to the scratch buffer. Not with an entropy term, which needs the
-     * logits again. */
-    tl_rowscratch *sc = NULL;
-    if (pp && grad && pp->buf[pp->cur].e && !want_entropy) {
-        sc = &pp->cur_sc;
-        *sc = pp->buf[pp->cur];
-        /* not when the gradient overwrites the logits: a bad row must still
-         * be readable to be described */
-        if (grad->dtype == TL_F32 && grad->data != lg->data)
-            sc->e = (float *)grad_row(grad, row);
-    }
+    if (want_entropy)
+        sc = NULL; /* the entropy gradient needs the logits again anyway */
     tl_rowstats st;
     kern->stats[lg->dtype](tl__row_ptr(lg, row), lg->vocab, inv_t,
-                           want_entropy, sc, pp && pp->has ? &pp->pend : NULL,
-                           &st);
-    if (pp)
-        pipe_settle(pp, kern);
-    r->scratch = sc != NULL;
+                           want_entropy, sc, &st);
+    r->scratch = sc;
     if (st.bad || st.max == -INFINITY)
         return 1;
     r->max = st.max;
@@ -137,7 +120,7 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                      int64_t row, const int64_t *targets, int64_t k,
                      double temperature, const tl_rowresult *r,
                      const double *lp, const double *g, int have_ge,
-                     double ge, tl_pipe *pp, const tl_grad *grad)
+                     double ge, const tl_grad *grad)
 {
     /* With G = sum_q g_q, every element gets
      *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
@@ -151,6 +134,10 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
     tl_gradcoef c;
     c.max = r->max;
     c.inv_t = r->inv_t;
+    c.c = tl__log2e_scale(r->inv_t);
+    const double off = (double)r->max * (double)c.c;
+    c.off_hi = (float)off;
+    c.off_lo = (float)(off - (double)c.off_hi);
     c.k = (float)((a - b * r->log_sum) / r->sum);
     c.kb = (float)(b / r->sum);
     c.entropy = have_ge && ge != 0.0;
@@ -175,36 +162,22 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
             return 1;
     }
     char *out = grad_row(grad, row);
-    if (pp && r->scratch && !c.entropy) {
-        /* the forward pass left the row's exponentials in the gradient row
-         * (float32) or the scratch buffer (bfloat16): scale each block from
-         * the offset it was summed against to the row max */
-        tl_rowscratch *sc = &pp->cur_sc;
-        const double mc = (double)r->max * (double)tl__log2e_scale(r->inv_t);
+    if (r->scratch && !c.entropy) {
+        /* the forward pass left the row's exponentials in the scratch row:
+         * scale each block from the offset it was summed against to the
+         * row max, and write */
+        const tl_rowscratch *sc = r->scratch;
         const int64_t nb = tl__nblocks(lg->vocab);
         for (int64_t blk = 0; blk < nb; blk++)
             sc->scale[blk] = isinf(sc->boff[blk])
                                  ? 0.0f
                                  : (float)((double)c.k *
-                                           exp2(sc->boff[blk] - mc));
-        pp->pend = (tl_pending){sc->e, lg->vocab, sc->scale, out,
-                                grad->dtype == TL_BF16, 0};
-        pp->nfix = k;
-        for (int64_t q = 0; q < k; q++) {
-            pp->fix_at[q] = targets[q];
-            pp->fix_val[q] = fix[q];
-        }
-        pp->has = 1;
-        pp->cur ^= 1;
-        /* a float32 row is rescaled in place at once (measured faster than
-         * overlapping it with the next row); a bfloat16 row is written
-         * while the next row is read */
-        if (grad->dtype == TL_F32)
-            pipe_settle(pp, kern);
-        return 0;
+                                           exp2(sc->boff[blk] - off));
+        kern->scale[grad->dtype](sc->e, lg->vocab, sc->scale, out);
+    } else {
+        kern->grad[lg->dtype][grad->dtype](tl__row_ptr(lg, row), lg->vocab,
+                                           &c, out);
     }
-    kern->grad[lg->dtype][grad->dtype](tl__row_ptr(lg, row), lg->vocab, &c,
-                                       out);
     for (int64_t q = 0; q < k; q++) {
         if (grad->dtype == TL_BF16)
             ((uint16_t *)out)[targets[q]] = tl__bf16_round(fix[q]);
@@ -270,7 +243,7 @@ tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
         bad[i] = (unsigned char)tl__row_forward(kern, logits, i,
                                                 targets + i * k, k,
                                                 o.temperature, want_h, NULL,
-                                                NULL, &res[i], lp + i * k);
+                                                &res[i], lp + i * k);
     const int64_t b = first_flag(bad, n);
     if (b >= 0) {
         s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
@@ -329,8 +302,7 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
     const int have_ge = ge != NULL;
 #pragma omp parallel num_threads(tl__threads(&o, n))
     {
-        tl_pipe pp;
-        tl__pipe_init(&pp, logits->vocab);
+        tl_rowscratch *sc = tl__scratch_for(grad, have_ge, logits->vocab);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             tl_rowresult r;
@@ -338,17 +310,16 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
             for (int64_t q = 0; q < k; q++)
                 gd[q] = (double)g[i * k + q];
             if (tl__row_forward(kern, logits, i, targets + i * k, k,
-                                o.temperature, have_ge, &pp, grad, &r, lp)) {
+                                o.temperature, have_ge, sc, &r, lp)) {
                 bad[i] = 1;
                 tl__nan_row(grad, i, logits->vocab);
-            }
-            else if (tl__row_backward(kern, logits, i, targets + i * k, k,
-                                      o.temperature, &r, lp, gd, have_ge,
-                                      have_ge ? (double)ge[i] : 0.0, &pp,
-                                      grad))
+            } else if (tl__row_backward(kern, logits, i, targets + i * k, k,
+                                        o.temperature, &r, lp, gd, have_ge,
+                                        have_ge ? (double)ge[i] : 0.0, grad)) {
                 bad[i] = 2;
+            }
         }
-        tl__pipe_finish(&pp, kern);
+        tl__scratch_delete(sc);
     }
     const int64_t b = first_flag(bad, n);
     if (b < 0)

@@ -45,38 +45,52 @@ static inline VF vexp_neg(VF d)
     return vexp2(vf_mul(d, vf_set1(TL_LOG2E)));
 }
 
-/* Write block blk of a pending gradient row: out = e * scale[blk]. */
+/* The part of a row before the first output address aligned for a
+ * full-vector non-temporal store, at most VW elements. */
+static inline int64_t aligned_head(const void *out, int64_t v, size_t es)
+{
+    int64_t head = 0;
+    while (head < v && head < VW &&
+           ((uintptr_t)out + (size_t)head * es) % (VW * es))
+        head++;
+    return head;
+}
+
+/* The block scales of the n <= VW elements from j (a vector may straddle
+ * a block boundary when the row's aligned part does not start at 0). */
+static inline VF block_scales(const float *sb, int64_t j, int64_t n)
+{
+    const int64_t b0 = j / TL_BLOCK, b1 = (j + n - 1) / TL_BLOCK;
+    if (b0 == b1)
+        return vf_set1(sb[b0]);
+    float tmp[VW];
+    for (int64_t i = 0; i < VW; i++)
+        tmp[i] = sb[(j + (i < n ? i : n - 1)) / TL_BLOCK];
+    return vf_load(tmp, 0, 0);
+}
+
+/* out_j = e_j * scale[b]: the gradient row from the exponentials the
+ * statistics pass left in the scratch row, with non-temporal stores. */
 static inline __attribute__((always_inline)) void
-flush_block(tl_pending *p, int64_t blk, const int bf16_out)
+body_scale(const float *e, int64_t v, const float *sb, void *out,
+           const int bf16_out)
 {
-    const int64_t b0 = blk * TL_BLOCK;
-    const int64_t b1 = p->v - b0 < TL_BLOCK ? p->v : b0 + TL_BLOCK;
-    const VF k = vf_set1(p->scale[blk]);
-    int64_t j = b0;
-    for (; j + VW <= b1; j += VW)
-        vf_store(p->out, j, vf_mul(vf_load(p->e, j, 0), k), bf16_out);
-    if (j < b1)
-        vf_store_part(p->out, j, b1 - j,
-                      vf_mul(vf_load_part(p->e, j, b1 - j, 0, 0.0f), k),
+    const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
+    if (head > 0)
+        vf_store_part(out, 0, head,
+                      vf_mul(vf_load_part(e, 0, head, 0, 0.0f),
+                             block_scales(sb, 0, head)),
                       bf16_out);
-}
-
-/* One more block of the pending row, if any is left. */
-static inline void flush_next(tl_pending *p)
-{
-    if (!p || p->next_block >= tl__nblocks(p->v))
-        return;
-    if (p->bf16_out)
-        flush_block(p, p->next_block, 1);
-    else
-        flush_block(p, p->next_block, 0);
-    p->next_block++;
-}
-
-static void flush(tl_pending *p)
-{
-    while (p->next_block < tl__nblocks(p->v))
-        flush_next(p);
+    int64_t j = head;
+    for (; j + VW <= v; j += VW)
+        vf_stream(out, j, vf_mul(vf_load(e, j, 0), block_scales(sb, j, VW)),
+                  bf16_out);
+    if (j < v)
+        vf_store_part(out, j, v - j,
+                      vf_mul(vf_load_part(e, j, v - j, 0, 0.0f),
+                             block_scales(sb, j, v - j)),
+                      bf16_out);
+    _mm_sfence(); /* order the streaming stores before anything after */
 }
 
 /*
@@ -89,8 +103,7 @@ static void flush(tl_pending *p)
  */
 static inline __attribute__((always_inline)) void
 body_stats(const void *x, int64_t v, float inv_t, const int want_w,
-           const tl_rowscratch *sc, tl_pending *pend, tl_rowstats *st,
-           const int bf16)
+           const tl_rowscratch *sc, tl_rowstats *st, const int bf16)
 {
     const float c = tl__log2e_scale(inv_t);
     const VF vc = vf_set1(c);
@@ -149,14 +162,26 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             }
             for (j = b0; e_out && j < b1; j++)
                 e_out[j] = 0.0f;
-            flush_next(pend);
             continue;
         }
         /* pass 2: 2^(x c - m c) over the block, from L1 */
         const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
         j = b0;
+        /* while this block is computed from L1, fetch the next one from
+         * memory: the reads overlap the arithmetic instead of alternating
+         * with it */
+        const int64_t pf = b1 - b0 == TL_BLOCK ? TL_BLOCK : 0;
         for (; j + 4 * VW <= b1; j += 4 * VW) {
+            if (pf) {
+                const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
+                _mm_prefetch(nx, _MM_HINT_T0);
+                _mm_prefetch(nx + 64, _MM_HINT_T0);
+                if (!bf16) {
+                    _mm_prefetch(nx + 128, _MM_HINT_T0);
+                    _mm_prefetch(nx + 192, _MM_HINT_T0);
+                }
+            }
             VF t0 = vf_sub(vf_fmadd(vf_load(x, j, bf16), vc, nhi), lo_);
             VF t1 = vf_sub(vf_fmadd(vf_load(x, j + VW, bf16), vc, nhi), lo_);
             VF t2 = vf_sub(vf_fmadd(vf_load(x, j + 2 * VW, bf16), vc, nhi), lo_);
@@ -202,9 +227,6 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         s += vd_hsum(s0, s1);
         if (want_w)
             w += vd_hsum(w0, w1);
-        /* the stores of the previous row's gradient overlap this row's
-         * loads and arithmetic */
-        flush_next(pend);
     }
     /* a NaN anywhere made its term, and so the sum, NaN */
     if (isnan(s) || isnan(w)) {
@@ -218,52 +240,76 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
     st->wsum = w * TL_LN2;
 }
 
-/* d = max(TL_ARG_CLAMP, (x - m) / T), for the recomputing gradient path */
-static inline VF varg(VF x, VF m, VF inv_t)
-{
-    return vf_max(vf_set1(TL_ARG_CLAMP), vf_mul(vf_sub(x, m), inv_t));
-}
-
+/*
+ * A gradient row from the logits: out_j = 2^t_j (k + kb' t_j) with
+ * t_j = x_j c - M c as in the statistics pass (kb' = kb ln2 converts the
+ * entropy term's natural-log argument). The row was just read by the
+ * statistics pass and sits in L2; the gradient goes straight to memory
+ * with non-temporal stores once the output is aligned, so writing it does
+ * not first read it (no read-for-ownership) nor push the logits out of
+ * the cache.
+ */
 static inline __attribute__((always_inline)) void
 body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
           const int bf16_in, const int bf16_out)
 {
-    const VF vm = vf_set1(c->max), vi = vf_set1(c->inv_t);
-    const VF k = vf_set1(c->k), kb = vf_set1(c->kb);
+    const VF vc = vf_set1(c->c), nhi = vf_set1(-c->off_hi);
+    const VF lo_ = vf_set1(c->off_lo);
+    const VF k = vf_set1(c->k), kb = vf_set1(c->kb * (float)TL_LN2);
+    const VF tmin = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
     const int ent = c->entropy;
-    int64_t j = 0;
+    /* elements before the first aligned vector */
+    const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
+    if (head > 0) {
+        VF t = vf_sub(vf_fmadd(vf_load_part(x, 0, head, bf16_in, -INFINITY),
+                               vc, nhi), lo_);
+        VF e = vexp2(t);
+        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
+        vf_store_part(out, 0, head, g, bf16_out);
+    }
+    int64_t j = head;
     for (; j + VW <= v; j += VW) {
-        VF d = varg(vf_load(x, j, bf16_in), vm, vi);
-        VF e = vexp_neg(d);
-        VF g = ent ? vf_mul(e, vf_fmadd(kb, d, k)) : vf_mul(e, k);
-        vf_store(out, j, g, bf16_out);
+        VF t = vf_sub(vf_fmadd(vf_load(x, j, bf16_in), vc, nhi), lo_);
+        VF e = vexp2(t);
+        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
+        vf_stream(out, j, g, bf16_out);
     }
     if (j < v) {
-        VF d = varg(vf_load_part(x, j, v - j, bf16_in, -INFINITY), vm, vi);
-        VF e = vexp_neg(d);
-        VF g = ent ? vf_mul(e, vf_fmadd(kb, d, k)) : vf_mul(e, k);
+        VF t = vf_sub(vf_fmadd(vf_load_part(x, j, v - j, bf16_in, -INFINITY),
+                               vc, nhi), lo_);
+        VF e = vexp2(t);
+        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
         vf_store_part(out, j, v - j, g, bf16_out);
     }
+    _mm_sfence(); /* order the streaming stores before anything after */
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
-                      const tl_rowscratch *sc, tl_pending *pend,
-                      tl_rowstats *st)
+                      const tl_rowscratch *sc, tl_rowstats *st)
 {
     if (want_w)
-        body_stats(x, v, inv_t, 1, sc, pend, st, 0);
+        body_stats(x, v, inv_t, 1, sc, st, 0);
     else
-        body_stats(x, v, inv_t, 0, sc, pend, st, 0);
+        body_stats(x, v, inv_t, 0, sc, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
-                       const tl_rowscratch *sc, tl_pending *pend,
-                       tl_rowstats *st)
+                       const tl_rowscratch *sc, tl_rowstats *st)
 {
     if (want_w)
-        body_stats(x, v, inv_t, 1, sc, pend, st, 1);
+        body_stats(x, v, inv_t, 1, sc, st, 1);
     else
-        body_stats(x, v, inv_t, 0, sc, pend, st, 1);
+        body_stats(x, v, inv_t, 0, sc, st, 1);
+}
+
+static void scale_f32(const float *e, int64_t v, const float *sb, void *out)
+{
+    body_scale(e, v, sb, out, 0);
+}
+
+static void scale_bf16(const float *e, int64_t v, const float *sb, void *out)
+{
+    body_scale(e, v, sb, out, 1);
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
@@ -288,5 +334,5 @@ const tl_kernels KERNEL_TABLE = {
     KERNEL_ISA,
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
-    flush,
+    {scale_f32, scale_bf16},
 };
