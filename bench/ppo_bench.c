@@ -212,6 +212,9 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps, fwdbwd ? &gr : NULL, &m,
                             &e) != TL_OK) {
         fprintf(stderr, "ppo_bench: %s\n", e.message);
+        free(tk);
+        free(tr);
+        free(tc);
         return -1;
     }
     for (int k = 0; k < r; k++) {
@@ -346,5 +349,15 @@ int main(int argc, char **argv)
                     rc = 1;
                 first = 0;
             }
+    free(wk.x);
+    free(wk.xb);
+    free(wk.grad);
+    free(wk.t);
+    free(wk.q);
+    free(wk.a);
+    free(wk.w);
+    free(wk.lp);
+    free(bw_a);
+    free(bw_b);
     return rc;
 }

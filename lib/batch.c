@@ -137,8 +137,8 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
             vmax = data[i].logits.vocab;
 #pragma omp parallel num_threads(tl__threads(&o, rows))
     {
-    tl_rowscratch *sc =
-        grads ? tl__scratch_for(&grads[0], o.entropy, vmax) : NULL;
+    tl_pipe pp;
+    tl__pipe_init(&pp, grads ? &grads[0] : NULL, o.entropy, vmax);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = b.row_datum[r], row = r - b.row_off[i];
@@ -147,7 +147,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         const int64_t *tok = (const int64_t *)d->target_tokens.data + row * k;
         tl_rowresult rr;
         if (tl__row_forward(kern, &d->logits, row, tok, k, o.temperature,
-                            o.entropy, sc, &rr, lp + t0)) {
+                            o.entropy, grads ? &pp : NULL, &rr, lp + t0)) {
             bad[r] = 1;
             if (grads)
                 tl__nan_row(&grads[i], row, d->logits.vocab);
@@ -165,10 +165,10 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         }
         if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
                                       o.temperature, &rr, lp + t0, g, 0, 0.0,
-                                      &grads[i]))
+                                      &pp, &grads[i]))
             bad[r] = 2;
     }
-    tl__scratch_delete(sc);
+    tl__pipe_finish(&pp);
     }
     for (int64_t r = 0; r < rows; r++)
         if (bad[r]) {
@@ -240,6 +240,9 @@ static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
                          const tl_options *o, int want_entropy,
                          const tl_grad *grads, tl_error *err)
 {
+    tl_error local; /* the bad row's index is needed even without err */
+    if (!err)
+        err = &local;
     const int64_t nd = b->ndata, toks = b->tok_off[nd], rows = b->row_off[nd];
     f->lp = malloc((size_t)(toks + 1) * sizeof *f->lp);
     f->g = calloc((size_t)(toks + 1), sizeof *f->g);
@@ -257,7 +260,7 @@ static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
             f->lp + b->tok_off[i], NULL,
             want_entropy ? f->ent + b->row_off[i] : NULL, err);
         /* as in the fused path, a bad row's gradient row is NaN */
-        if (s == TL_ERR_BAD_ROW && grads && err)
+        if (s == TL_ERR_BAD_ROW && grads)
             tl__nan_row(&grads[i], err->index, data[i].logits.vocab);
         if ((s = in_datum(s, i, err)))
             return s;

@@ -73,23 +73,37 @@ typedef struct tl_rowresult {
 const void *tl__row_ptr(const tl_logits *lg, int64_t row);
 float tl__load(const tl_logits *lg, int64_t row, int64_t col);
 
-/* A per-thread scratch row (V floats) where the forward pass leaves the
- * row's exponentials for the gradient pass; NULL when the gradient is
- * better recomputed from the logits (or allocation failed, or there is no
- * gradient or an entropy term). */
-tl_rowscratch *tl__scratch_for(const tl_grad *grad, int entropy,
-                               int64_t vmax);
-tl_rowscratch *tl__scratch_new(int64_t vmax);
-void tl__scratch_delete(tl_rowscratch *sc);
+/* Per-thread state of a gradient pass. A float32 gradient row is written
+ * from the logits again (still in cache), spread over the next row's
+ * statistics pass (tl_pending); a bfloat16 one, where the arithmetic is
+ * the bound, from the exponentials the forward pass left in a scratch
+ * row. */
+typedef struct tl_pipe {
+    tl_rowscratch *sc; /* scratch row, or NULL */
+    int has;           /* a row is pending */
+    tl_pending pend;
+    int bf16_out;
+    int64_t nfix;      /* its target elements, written last */
+    int64_t fix_at[TL_MAX_TARGETS];
+    float fix_val[TL_MAX_TARGETS];
+} tl_pipe;
+
+/* grad: the gradient buffer the rows go to (its dtype picks the method);
+ * vmax: the longest row. Allocation failure only disables the scratch. */
+void tl__pipe_init(tl_pipe *pp, const tl_grad *grad, int entropy,
+                   int64_t vmax);
+/* Write what is pending and free the scratch. */
+void tl__pipe_finish(tl_pipe *pp);
 
 /* Forward pass of one row (one read of the logits) with k targets; writes
- * the k target logprobs to lp. sc (may be NULL) receives the row's
- * exponentials for tl__row_backward. Returns 0,
+ * the k target logprobs to lp. pp is the thread's gradient pass, or NULL
+ * for a forward pass only: the pending row is written meanwhile, and the
+ * scratch row receives this row's exponentials. Returns 0,
  * or 1 if the row has NaN/+inf, is all -inf, or a target logit is -inf.
  * Arguments are assumed validated. */
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_rowscratch *sc, tl_rowresult *r,
+                    int want_entropy, tl_pipe *pp, tl_rowresult *r,
                     double *lp);
 
 /* Fill the first vocab elements of gradient row `row` with NaN (the
@@ -98,12 +112,14 @@ void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab);
 
 /* Gradient row `row` of `grad` for upstream g[q] = dL/dlp[q] of the k
  * targets and (if have_ge) ge = dL/dentropy, from the forward results r
- * and lp of the same row (computed with want_entropy = have_ge). Returns
- * 1, writing nothing, if a gradient value overflows float32. */
+ * and lp of the same row (computed with want_entropy = have_ge and the
+ * same pp). With pp the row may be left pending, to be written during the
+ * next row's forward pass or by tl__pipe_finish. Returns 1, writing
+ * nothing, if a gradient value overflows float32. */
 int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                      int64_t row, const int64_t *targets, int64_t k,
                      double temperature, const tl_rowresult *r,
                      const double *lp, const double *g, int have_ge,
-                     double ge, const tl_grad *grad);
+                     double ge, tl_pipe *pp, const tl_grad *grad);
 
 #endif

@@ -71,22 +71,75 @@ typedef struct tl_gradcoef {
     int entropy;  /* 0: out_j = k * exp(d_j) */
 } tl_gradcoef;
 
-/* x: one row of `v` elements of the given input dtype; sc may be NULL. */
+/* Elements [j0, j1) of a gradient row from its logits; j0 is 0 or a
+ * multiple of TL_BLOCK past tl__grad_head(out), j1 likewise or v. */
+typedef void tl_grad_range_fn(const void *x, int64_t v, const tl_gradcoef *c,
+                              void *out, int64_t j0, int64_t j1);
+
+/* A gradient row whose writing is spread over the next row's statistics
+ * pass: after each of its blocks, the pass writes the next TL_BLOCK
+ * elements of this row, so the stores of one row overlap the loads and
+ * arithmetic of the next instead of alternating with them. */
+typedef struct tl_pending {
+    tl_grad_range_fn *fn;
+    const void *x;
+    int64_t v;
+    tl_gradcoef c;
+    void *out;
+    int64_t next; /* first element not written yet */
+    int64_t head; /* elements before the first aligned output vector */
+} tl_pending;
+
+/* x: one row of `v` elements of the given input dtype; sc and pend may be
+ * NULL. */
 typedef void tl_stats_fn(const void *x, int64_t v, float inv_t, int want_w,
-                         const tl_rowscratch *sc, tl_rowstats *st);
-/* out: one row of `v` elements of the output dtype. */
-typedef void tl_grad_fn(const void *x, int64_t v, const tl_gradcoef *c,
-                        void *out);
+                         const tl_rowscratch *sc, tl_pending *pend,
+                         tl_rowstats *st);
 /* out_j = e[j] * scale[b] for j in block b (from a tl_rowscratch). */
 typedef void tl_scale_fn(const float *e, int64_t v, const float *scale,
                          void *out);
 
 typedef struct tl_kernels {
     tl_isa isa;
-    tl_stats_fn *stats[2];   /* [input dtype] */
-    tl_grad_fn *grad[2][2];  /* [input dtype][output dtype]; NULL = none */
-    tl_scale_fn *scale[2];   /* [output dtype] */
+    int vector_bytes;             /* store alignment unit per element size
+                                     is vector_bytes / 4 elements */
+    tl_stats_fn *stats[2];        /* [input dtype] */
+    tl_grad_range_fn *grad[2][2]; /* [input dtype][output dtype]; NULL =
+                                     none */
+    tl_scale_fn *scale[2];        /* [output dtype] */
 } tl_kernels;
+
+/* Elements before the first output address aligned for a vector of vw
+ * elements of es bytes (at most vw - 1, and at most v). */
+static inline int64_t tl__aligned_head(const void *out, int64_t v, size_t es,
+                                       int64_t vw)
+{
+    int64_t head = 0;
+    while (head < v && head < vw &&
+           ((uintptr_t)out + (size_t)head * es) % ((size_t)vw * es))
+        head++;
+    return head;
+}
+
+/* Write the rest of a pending row: [next, v). */
+static inline void tl__pending_finish(tl_pending *p)
+{
+    if (p->next < p->v)
+        p->fn(p->x, p->v, &p->c, p->out, p->next, p->v);
+    p->next = p->v;
+}
+
+/* Write the next chunk of a pending row, if any. */
+static inline void tl__pending_step(tl_pending *p)
+{
+    if (!p || p->next >= p->v)
+        return;
+    int64_t end = p->next == 0 ? p->head + TL_BLOCK : p->next + TL_BLOCK;
+    if (end > p->v)
+        end = p->v;
+    p->fn(p->x, p->v, &p->c, p->out, p->next, end);
+    p->next = end;
+}
 
 extern const tl_kernels tl__kernels_scalar;
 #if defined(TL_HAVE_X86_KERNELS)

@@ -17,8 +17,12 @@ static inline float exp_neg(float d)
 }
 
 static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
-                         const tl_rowscratch *sc, tl_rowstats *st, int bf16)
+                         const tl_rowscratch *sc, tl_pending *pend,
+                         tl_rowstats *st, int bf16)
 {
+    /* the reference tier does not interleave: the pending row first */
+    if (pend)
+        tl__pending_finish(pend);
     float m = -INFINITY;
     for (int64_t j = 0; j < v; j++) {
         float xj = load(x, j, bf16);
@@ -65,9 +69,11 @@ static inline void scale(const float *e, int64_t v, const float *sb,
 }
 
 static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
-                        void *out, int bf16_in, int bf16_out)
+                        void *out, int64_t j0, int64_t j1, int bf16_in,
+                        int bf16_out)
 {
-    for (int64_t j = 0; j < v; j++) {
+    (void)v;
+    for (int64_t j = j0; j < j1; j++) {
         float d = fmaxf((load(x, j, bf16_in) - c->max) * c->inv_t,
                         TL_ARG_CLAMP);
         float e = exp_neg(d);
@@ -80,15 +86,17 @@ static inline void grad(const void *x, int64_t v, const tl_gradcoef *c,
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
-                      const tl_rowscratch *sc, tl_rowstats *st)
+                      const tl_rowscratch *sc, tl_pending *pend,
+                      tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, sc, st, 0);
+    stats(x, v, inv_t, want_w, sc, pend, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
-                       const tl_rowscratch *sc, tl_rowstats *st)
+                       const tl_rowscratch *sc, tl_pending *pend,
+                       tl_rowstats *st)
 {
-    stats(x, v, inv_t, want_w, sc, st, 1);
+    stats(x, v, inv_t, want_w, sc, pend, st, 1);
 }
 
 static void scale_f32(const float *e, int64_t v, const float *sb, void *out)
@@ -102,25 +110,26 @@ static void scale_bf16(const float *e, int64_t v, const float *sb, void *out)
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
-                         void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    grad(x, v, c, out, 0, 0);
+    grad(x, v, c, out, j0, j1, 0, 0);
 }
 
 static void grad_bf16_f32(const void *x, int64_t v, const tl_gradcoef *c,
-                          void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    grad(x, v, c, out, 1, 0);
+    grad(x, v, c, out, j0, j1, 1, 0);
 }
 
 static void grad_bf16_bf16(const void *x, int64_t v, const tl_gradcoef *c,
-                           void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    grad(x, v, c, out, 1, 1);
+    grad(x, v, c, out, j0, j1, 1, 1);
 }
 
 const tl_kernels tl__kernels_scalar = {
     TL_ISA_SCALAR,
+    (int)sizeof(float),
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
     {scale_f32, scale_bf16},

@@ -41,18 +41,7 @@ static void scratch_free(tl_rowscratch *sc)
     sc->boff = NULL;
 }
 
-tl_rowscratch *tl__scratch_for(const tl_grad *grad, int entropy, int64_t vmax)
-{
-    /* a bfloat16 gradient is written from the forward pass's exponentials
-     * (the arithmetic bounds that case); a float32 one from the logits
-     * again, still in cache (memory bounds that case, and a scratch row
-     * would take cache room from it) */
-    if (!grad || entropy || (grad->dtype == TL_F32 && !getenv("TL_SCRATCH")))
-        return NULL;
-    return tl__scratch_new(vmax);
-}
-
-tl_rowscratch *tl__scratch_new(int64_t vmax)
+static tl_rowscratch *scratch_new(int64_t vmax)
 {
     tl_rowscratch *sc = calloc(1, sizeof *sc);
     if (sc && scratch_alloc(sc, vmax)) {
@@ -63,11 +52,37 @@ tl_rowscratch *tl__scratch_new(int64_t vmax)
     return sc;
 }
 
-void tl__scratch_delete(tl_rowscratch *sc)
+void tl__pipe_init(tl_pipe *pp, const tl_grad *grad, int entropy,
+                   int64_t vmax)
 {
-    if (sc)
-        scratch_free(sc);
-    free(sc);
+    memset(pp, 0, sizeof *pp);
+    if (grad && grad->dtype == TL_BF16 && !entropy)
+        pp->sc = scratch_new(vmax);
+}
+
+/* Finish the pending row: the rest of it, then its target elements. */
+static void pipe_settle(tl_pipe *pp)
+{
+    if (!pp->has)
+        return;
+    tl__pending_finish(&pp->pend);
+    for (int64_t q = 0; q < pp->nfix; q++) {
+        if (pp->bf16_out)
+            ((uint16_t *)pp->pend.out)[pp->fix_at[q]] =
+                tl__bf16_round(pp->fix_val[q]);
+        else
+            ((float *)pp->pend.out)[pp->fix_at[q]] = pp->fix_val[q];
+    }
+    pp->has = 0;
+}
+
+void tl__pipe_finish(tl_pipe *pp)
+{
+    pipe_settle(pp);
+    if (pp->sc)
+        scratch_free(pp->sc);
+    free(pp->sc);
+    pp->sc = NULL;
 }
 
 static char *grad_row(const tl_grad *grad, int64_t row)
@@ -89,15 +104,18 @@ void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab)
 
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_rowscratch *sc, tl_rowresult *r,
+                    int want_entropy, tl_pipe *pp, tl_rowresult *r,
                     double *lp)
 {
     const float inv_t = (float)(1.0 / temperature);
-    if (want_entropy)
-        sc = NULL; /* the entropy gradient needs the logits again anyway */
+    /* the entropy gradient needs the logits again anyway */
+    tl_rowscratch *sc = pp && !want_entropy ? pp->sc : NULL;
     tl_rowstats st;
     kern->stats[lg->dtype](tl__row_ptr(lg, row), lg->vocab, inv_t,
-                           want_entropy, sc, &st);
+                           want_entropy, sc, pp && pp->has ? &pp->pend : NULL,
+                           &st);
+    if (pp)
+        pipe_settle(pp);
     r->scratch = sc;
     if (st.bad || st.max == -INFINITY)
         return 1;
@@ -120,7 +138,7 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                      int64_t row, const int64_t *targets, int64_t k,
                      double temperature, const tl_rowresult *r,
                      const double *lp, const double *g, int have_ge,
-                     double ge, const tl_grad *grad)
+                     double ge, tl_pipe *pp, const tl_grad *grad)
 {
     /* With G = sum_q g_q, every element gets
      *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
@@ -174,9 +192,24 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                                  : (float)((double)c.k *
                                            exp2(sc->boff[blk] - off));
         kern->scale[grad->dtype](sc->e, lg->vocab, sc->scale, out);
+    } else if (pp) {
+        /* left pending: written during the next row's forward pass */
+        const size_t es = elem_size(grad->dtype);
+        pp->pend = (tl_pending){kern->grad[lg->dtype][grad->dtype],
+                                tl__row_ptr(lg, row), lg->vocab, c, out, 0,
+                                tl__aligned_head(out, lg->vocab, es,
+                                                 kern->vector_bytes / 4)};
+        pp->bf16_out = grad->dtype == TL_BF16;
+        pp->nfix = k;
+        for (int64_t q = 0; q < k; q++) {
+            pp->fix_at[q] = targets[q];
+            pp->fix_val[q] = fix[q];
+        }
+        pp->has = 1;
+        return 0;
     } else {
         kern->grad[lg->dtype][grad->dtype](tl__row_ptr(lg, row), lg->vocab,
-                                           &c, out);
+                                           &c, out, 0, lg->vocab);
     }
     for (int64_t q = 0; q < k; q++) {
         if (grad->dtype == TL_BF16)
@@ -302,7 +335,8 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
     const int have_ge = ge != NULL;
 #pragma omp parallel num_threads(tl__threads(&o, n))
     {
-        tl_rowscratch *sc = tl__scratch_for(grad, have_ge, logits->vocab);
+        tl_pipe pp;
+        tl__pipe_init(&pp, grad, have_ge, logits->vocab);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             tl_rowresult r;
@@ -310,16 +344,17 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
             for (int64_t q = 0; q < k; q++)
                 gd[q] = (double)g[i * k + q];
             if (tl__row_forward(kern, logits, i, targets + i * k, k,
-                                o.temperature, have_ge, sc, &r, lp)) {
+                                o.temperature, have_ge, &pp, &r, lp)) {
                 bad[i] = 1;
                 tl__nan_row(grad, i, logits->vocab);
             } else if (tl__row_backward(kern, logits, i, targets + i * k, k,
                                         o.temperature, &r, lp, gd, have_ge,
-                                        have_ge ? (double)ge[i] : 0.0, grad)) {
+                                        have_ge ? (double)ge[i] : 0.0, &pp,
+                                        grad)) {
                 bad[i] = 2;
             }
         }
-        tl__scratch_delete(sc);
+        tl__pipe_finish(&pp);
     }
     const int64_t b = first_flag(bad, n);
     if (b < 0)

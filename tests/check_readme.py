@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile and run every C example of README.md against the built library:
 the documentation must match the code.
-usage: check_readme.py README CC INCLUDE_DIR LIBRARY"""
+usage: check_readme.py README CC INCLUDE_DIR LIBRARY [EXTRA_FLAG...]"""
 import os
 import re
 import subprocess
@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 
-def main(readme, cc, inc, lib):
+def main(readme, cc, inc, lib, *extra):
     with open(readme, encoding="utf-8") as f:
         blocks = re.findall(r"```c\n(.*?)```", f.read(), re.S)
     if not blocks:
@@ -22,7 +22,8 @@ def main(readme, cc, inc, lib):
             with open(src, "w", encoding="utf-8") as f:
                 f.write(code)
             cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", inc,
-                   src, lib, "-fopenmp", "-lm", "-lpthread", "-o", exe]
+                   src, lib, "-fopenmp", "-ljansson", "-lm", "-lpthread",
+                   *extra, "-o", exe]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 print(f"example {i} does not compile:\n{r.stderr}")

@@ -46,14 +46,10 @@ static inline VF vexp_neg(VF d)
 }
 
 /* The part of a row before the first output address aligned for a
- * full-vector non-temporal store, at most VW elements. */
+ * full-vector non-temporal store. */
 static inline int64_t aligned_head(const void *out, int64_t v, size_t es)
 {
-    int64_t head = 0;
-    while (head < v && head < VW &&
-           ((uintptr_t)out + (size_t)head * es) % (VW * es))
-        head++;
-    return head;
+    return tl__aligned_head(out, v, es, VW);
 }
 
 /* The block scales of the n <= VW elements from j (a vector may straddle
@@ -103,7 +99,8 @@ body_scale(const float *e, int64_t v, const float *sb, void *out,
  */
 static inline __attribute__((always_inline)) void
 body_stats(const void *x, int64_t v, float inv_t, const int want_w,
-           const tl_rowscratch *sc, tl_rowstats *st, const int bf16)
+           const tl_rowscratch *sc, tl_pending *pend, tl_rowstats *st,
+           const int bf16)
 {
     const float c = tl__log2e_scale(inv_t);
     const VF vc = vf_set1(c);
@@ -162,6 +159,7 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             }
             for (j = b0; e_out && j < b1; j++)
                 e_out[j] = 0.0f;
+            tl__pending_step(pend);
             continue;
         }
         /* pass 2: 2^(x c - m c) over the block, from L1 */
@@ -227,6 +225,9 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         s += vd_hsum(s0, s1);
         if (want_w)
             w += vd_hsum(w0, w1);
+        /* a chunk of the previous row's gradient: its stores overlap this
+         * row's loads and arithmetic */
+        tl__pending_step(pend);
     }
     /* a NaN anywhere made its term, and so the sum, NaN */
     if (isnan(s) || isnan(w)) {
@@ -241,65 +242,70 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
 }
 
 /*
- * A gradient row from the logits: out_j = 2^t_j (k + kb' t_j) with
- * t_j = x_j c - M c as in the statistics pass (kb' = kb ln2 converts the
- * entropy term's natural-log argument). The row was just read by the
- * statistics pass and sits in L2; the gradient goes straight to memory
- * with non-temporal stores once the output is aligned, so writing it does
- * not first read it (no read-for-ownership) nor push the logits out of
- * the cache.
+ * Elements [j0, j1) of a gradient row from the logits:
+ * out_j = 2^t_j (k + kb' t_j) with t_j = x_j c - M c as in the statistics
+ * pass (kb' = kb ln2 converts the entropy term's natural-log argument).
+ * The row was read by its statistics pass and is in cache; the gradient
+ * goes to memory with non-temporal stores from the first aligned output
+ * vector on, so writing it neither reads it first (no read-for-ownership)
+ * nor pushes the logits out of the cache. j0 is 0 or aligned.
  */
 static inline __attribute__((always_inline)) void
 body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
-          const int bf16_in, const int bf16_out)
+          int64_t j0, int64_t j1, const int bf16_in, const int bf16_out)
 {
     const VF vc = vf_set1(c->c), nhi = vf_set1(-c->off_hi);
     const VF lo_ = vf_set1(c->off_lo);
     const VF k = vf_set1(c->k), kb = vf_set1(c->kb * (float)TL_LN2);
     const VF tmin = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
     const int ent = c->entropy;
-    /* elements before the first aligned vector */
-    const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
-    if (head > 0) {
-        VF t = vf_sub(vf_fmadd(vf_load_part(x, 0, head, bf16_in, -INFINITY),
-                               vc, nhi), lo_);
-        VF e = vexp2(t);
-        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
-        vf_store_part(out, 0, head, g, bf16_out);
+    int64_t j = j0;
+    if (j0 == 0) {
+        const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
+        if (head > 0) {
+            VF t = vf_sub(vf_fmadd(vf_load_part(x, 0, head, bf16_in,
+                                                -INFINITY), vc, nhi), lo_);
+            VF e = vexp2(t);
+            VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k))
+                       : vf_mul(e, k);
+            vf_store_part(out, 0, head, g, bf16_out);
+        }
+        j = head;
     }
-    int64_t j = head;
-    for (; j + VW <= v; j += VW) {
+    for (; j + VW <= j1; j += VW) {
         VF t = vf_sub(vf_fmadd(vf_load(x, j, bf16_in), vc, nhi), lo_);
         VF e = vexp2(t);
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
         vf_stream(out, j, g, bf16_out);
     }
-    if (j < v) {
-        VF t = vf_sub(vf_fmadd(vf_load_part(x, j, v - j, bf16_in, -INFINITY),
+    if (j < j1) {
+        VF t = vf_sub(vf_fmadd(vf_load_part(x, j, j1 - j, bf16_in, -INFINITY),
                                vc, nhi), lo_);
         VF e = vexp2(t);
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
-        vf_store_part(out, j, v - j, g, bf16_out);
+        vf_store_part(out, j, j1 - j, g, bf16_out);
     }
     _mm_sfence(); /* order the streaming stores before anything after */
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
-                      const tl_rowscratch *sc, tl_rowstats *st)
+                      const tl_rowscratch *sc, tl_pending *pend,
+                      tl_rowstats *st)
 {
     if (want_w)
-        body_stats(x, v, inv_t, 1, sc, st, 0);
+        body_stats(x, v, inv_t, 1, sc, pend, st, 0);
     else
-        body_stats(x, v, inv_t, 0, sc, st, 0);
+        body_stats(x, v, inv_t, 0, sc, pend, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
-                       const tl_rowscratch *sc, tl_rowstats *st)
+                       const tl_rowscratch *sc, tl_pending *pend,
+                       tl_rowstats *st)
 {
     if (want_w)
-        body_stats(x, v, inv_t, 1, sc, st, 1);
+        body_stats(x, v, inv_t, 1, sc, pend, st, 1);
     else
-        body_stats(x, v, inv_t, 0, sc, st, 1);
+        body_stats(x, v, inv_t, 0, sc, pend, st, 1);
 }
 
 static void scale_f32(const float *e, int64_t v, const float *sb, void *out)
@@ -313,25 +319,26 @@ static void scale_bf16(const float *e, int64_t v, const float *sb, void *out)
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
-                         void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    body_grad(x, v, c, out, 0, 0);
+    body_grad(x, v, c, out, j0, j1, 0, 0);
 }
 
 static void grad_bf16_f32(const void *x, int64_t v, const tl_gradcoef *c,
-                          void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    body_grad(x, v, c, out, 1, 0);
+    body_grad(x, v, c, out, j0, j1, 1, 0);
 }
 
 static void grad_bf16_bf16(const void *x, int64_t v, const tl_gradcoef *c,
-                           void *out)
+                         void *out, int64_t j0, int64_t j1)
 {
-    body_grad(x, v, c, out, 1, 1);
+    body_grad(x, v, c, out, j0, j1, 1, 1);
 }
 
 const tl_kernels KERNEL_TABLE = {
     KERNEL_ISA,
+    (int)(VW * sizeof(float)),
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
     {scale_f32, scale_bf16},
