@@ -29,6 +29,9 @@
 #define TL_EXP2_FLUSH (-124.79f)
 #define TL_LOG2E 1.44269504088896341f
 #define TL_LN2 0.693147180559945309
+/* how many blocks ahead the statistics pass prefetches (measured: 2 beats
+ * 1 and 4 for float32 on Zen 4) */
+#define TL_PREFETCH_BLOCKS 2
 
 static inline VF vexp2_poly(VF r)
 {
@@ -166,10 +169,12 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
         j = b0;
-        /* while this block is computed from L1, fetch the next one from
+        /* while this block is computed from L1, fetch a later one from
          * memory: the reads overlap the arithmetic instead of alternating
          * with it */
-        const int64_t pf = b1 - b0 == TL_BLOCK ? TL_BLOCK : 0;
+        const int64_t pf = b0 + (TL_PREFETCH_BLOCKS + 1) * TL_BLOCK <= v
+                               ? TL_PREFETCH_BLOCKS * TL_BLOCK
+                               : 0;
         for (; j + 4 * VW <= b1; j += 4 * VW) {
             if (pf) {
                 const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
