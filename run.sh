@@ -51,13 +51,30 @@ build() {
     }
 }
 
+SAN_DIR=${TL_SAN_DIR:-build-san}
+
 run_tests() {
     build
     local rc=0
+    # 1. every suite once per ISA tier (a tier the CPU lacks is skipped)
     meson test -C "$BUILD_DIR" --num-processes "$(nproc)" --print-errorlogs \
         "$@" || rc=$?
-    # One line counting every test case of every test program.
-    python3 tests/summarize.py "$BUILD_DIR/meson-logs/testlog.json" || rc=1
+    # 2. the same under AddressSanitizer + UndefinedBehaviorSanitizer, in a
+    #    build of its own
+    if [ ! -f "$SAN_DIR/build.ninja" ]; then
+        log "configuring $SAN_DIR/ (address and undefined sanitizers)"
+        meson setup "$SAN_DIR" -Db_sanitize=address,undefined \
+            -Dbuildtype=debugoptimized -Db_lundef=false >/dev/null
+    fi
+    meson compile -C "$SAN_DIR" >/dev/null || {
+        meson compile -C "$SAN_DIR"; exit 1; }
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C "$SAN_DIR" --num-processes "$(nproc)" \
+        --print-errorlogs "$@" || rc=$?
+    # One line counting every test case of every test program of both runs.
+    python3 tests/summarize.py "$BUILD_DIR/meson-logs/testlog.json" \
+        "$SAN_DIR/meson-logs/testlog.json" || rc=1
     return $rc
 }
 

@@ -43,7 +43,11 @@ int tiers_under_test(tl_isa out[3]);
 void fill_normal(rng_t *r, float *x, int64_t rows, int64_t v, int64_t stride,
                  double sd, float gap);
 
-/* Run a suite and print "tl-check: N passed, M failed"; returns the exit
+/* 1 (after saying so) if TL_ISA asks for a tier this CPU lacks. */
+int tier_unsupported(void);
+
+/* Run a suite (exit 77, skipped, if the tier asked for is unsupported)
+ * and print "tl-check: N passed, M failed"; returns the exit
  * status for main. */
 int run_suite(Suite *s);
 
