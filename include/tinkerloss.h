@@ -417,8 +417,11 @@ TL_API const double *tl_metrics_get(const tl_metrics *m, const char *name);
  * Results do not depend on the thread count.
  * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,
  * TL_ERR_CONFIG (stray input), TL_ERR_MISSING (missing input, NaN sampler
- * logprob); err->arg names the input as "data[i].loss_fn_inputs.KEY" or
- * "data[i].logits".
+ * logprob), TL_ERR_VALUE when a token's loss or gradient overflows float32
+ * (e.g. the ratio exp(lp - q) of a sampler logprob far below the trainer's;
+ * the message names datum and token; never a silent inf); err->arg names
+ * the input as "data[i].loss_fn_inputs.KEY" or "data[i].logits". A bad
+ * row's gradient row is filled with NaN.
  */
 TL_API tl_status tl_forward_backward(const tl_loss_config *cfg,
                                      const tl_datum *data, int64_t ndata,
@@ -444,7 +447,8 @@ TL_API tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
  * The loss from given per-token logprobs (verifying a server result:
  * logprobs[i] holds datum i's [N_i * K_i] trainer logprobs). Datum logits
  * are not used. grad_logprobs (may be NULL) receives dL/dlogprobs per
- * datum. Metrics as tl_forward_backward (without entropy).
+ * datum. Metrics as tl_forward_backward (without entropy). A loss or
+ * gradient that overflows float32 is TL_ERR_VALUE, as there.
  */
 TL_API tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
                               int64_t ndata, const float *const *logprobs,

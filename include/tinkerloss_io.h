@@ -100,6 +100,14 @@ TL_API tl_status tl_compute_file(const char *request_path,
                                  int with_grads, char **out_json,
                                  tl_error *err);
 
+/* Limits that protect the caller: a file or text larger than this many
+ * bytes (default 4 GiB), a tensor whose element count exceeds it / 4, or
+ * JSON nested deeper than jansson's limit (2048) is refused with an error
+ * (TL_ERR_SIZE, TL_ERR_JSON) before any large allocation. 0 restores the
+ * default. Process-wide. */
+TL_API void tl_io_set_max_bytes(uint64_t bytes);
+TL_API uint64_t tl_io_max_bytes(void);
+
 /* Release memory returned by the library. */
 TL_API void tl_free(void *p);
 

@@ -162,6 +162,13 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
             tl__token_inputs(cfg, d, row * k + q, k, &in);
             tl__loss_token(cfg, (double)(float)lp[t0 + q], &in, &loss[t0 + q],
                            &g[q]);
+            if (tl__loss_overflows(loss[t0 + q], g[q]))
+                bad[r] = 3;
+        }
+        if (bad[r]) {
+            if (grads)
+                tl__nan_row(&grads[i], row, d->logits.vocab);
+            continue;
         }
         if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
                                       o.temperature, &rr, lp + t0, g, 0, 0.0,
@@ -171,7 +178,22 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
     tl__pipe_finish(&pp);
     }
     for (int64_t r = 0; r < rows; r++)
-        if (bad[r]) {
+        if (bad[r] == 3) {
+            /* find the token again, for the message */
+            const int64_t i = b.row_datum[r], k = b.shape[i].k;
+            const int64_t t0 = (r - b.row_off[i]) * k;
+            for (int64_t q = 0; q < k; q++) {
+                tl_tokin in;
+                double l, dl;
+                const double x = (double)(float)lp[b.tok_off[i] + t0 + q];
+                tl__token_inputs(cfg, &data[i], t0 + q, k, &in);
+                tl__loss_token(cfg, x, &in, &l, &dl);
+                if (tl__loss_overflows(l, dl)) {
+                    s = tl__loss_overflow_error(cfg, i, t0 + q, x, &in, err);
+                    goto done;
+                }
+            }
+        } else if (bad[r]) {
             s = row_error(data, &b, r, bad[r], err);
             goto done;
         }

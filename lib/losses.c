@@ -245,6 +245,30 @@ void tl__loss_token(const tl_loss_config *cfg, double lp, const tl_tokin *in,
     *dlp = NAN;
 }
 
+int tl__loss_overflows(double loss, double dlp)
+{
+    return !isfinite(loss) || !isfinite((float)dlp);
+}
+
+tl_status tl__loss_overflow_error(const tl_loss_config *cfg, int64_t datum,
+                                  int64_t token, double lp,
+                                  const tl_tokin *in, tl_error *err)
+{
+    char name[64];
+    snprintf(name, sizeof name, "data[%lld].loss_fn_inputs",
+             (long long)datum);
+    if (cfg->fn == TL_LOSS_CROSS_ENTROPY)
+        return tl__fail(err, TL_ERR_VALUE, name, token,
+                        "data[%lld] token %lld: the loss or its gradient "
+                        "overflows float32 (logprob %g, weight %g)",
+                        (long long)datum, (long long)token, lp, in->w);
+    return tl__fail(err, TL_ERR_VALUE, name, token,
+                    "data[%lld] token %lld: the loss or its gradient "
+                    "overflows float32: ratio exp(lp - q) = exp(%g) with "
+                    "lp = %g, q = %g, advantage %g", (long long)datum,
+                    (long long)token, lp - in->q, lp, in->q, in->a);
+}
+
 /* ---- metric accumulation ------------------------------------------------- */
 
 void tl__acc_init(tl_lossacc *acc)
@@ -487,6 +511,8 @@ tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
             const double lp = (double)logprobs[i][t];
             tl__token_inputs(cfg, d, t, k, &in);
             tl__loss_token(cfg, lp, &in, &loss, &dlp);
+            if (tl__loss_overflows(loss, dlp))
+                return tl__loss_overflow_error(cfg, i, t, lp, &in, err);
             tl__acc_token(&acc, cfg, lp, &in, loss);
             if (grad_logprobs)
                 grad_logprobs[i][t] = (float)dlp;

@@ -33,6 +33,14 @@ void tl__token_inputs(const tl_loss_config *cfg, const tl_datum *d,
 void tl__loss_token(const tl_loss_config *cfg, double lp, const tl_tokin *in,
                     double *loss, double *dlp);
 
+/* A loss value or gradient that is not finite in float32 (the ratio
+ * exp(lp - q) overflowing, for instance) is an error, not a silent inf:
+ * 1 if so. */
+int tl__loss_overflows(double loss, double dlp);
+tl_status tl__loss_overflow_error(const tl_loss_config *cfg, int64_t datum,
+                                  int64_t token, double lp,
+                                  const tl_tokin *in, tl_error *err);
+
 /* Metric accumulator, fed in datum/token order. */
 typedef struct tl_lossacc {
     double loss;

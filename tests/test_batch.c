@@ -597,6 +597,16 @@ START_TEST(test_errors)
             ck_assert(isnan(res.g[1][2 * b.stride[1] + j]));
     }
     b.x[1][2 * b.stride[1] + 7] = 0.0f;
+    /* a ratio exp(lp - q) overflowing float32: an error naming the token,
+     * NaN in that row's gradient */
+    b.q[1][2] = -500.0f; /* A != 0 there (every fifth A is 0) */
+    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+                                         &res.m, &e), TL_ERR_VALUE);
+    ck_assert_int_eq(e.index, 2);
+    ck_assert_msg(strstr(e.message, "data[1] token 2") &&
+                  strstr(e.message, "ratio"), "%s", e.message);
+    ck_assert(isnan(res.g[1][2 * b.stride[1]]));
+    b.q[1][2] = -1.0f;
     /* stray input */
     tl_datum stray[2] = {b.d[0], b.d[1]};
     stray[0].weights = tl_tensor_1d(b.w[0], TL_F32, 3);

@@ -367,6 +367,14 @@ START_TEST(test_verify)
     ck_assert_int_eq(verify(d, TL_OK), 1);
     ck_assert_msg(strstr(lines, "length 1 but target_tokens has length 2"),
                   "%s", lines);
+    /* a sampler logprob far below the trainer's: the ratio overflows */
+    d = base_dump();
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "logprobs"), "data"),
+                       0, json_real(-900.0));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    ck_assert_msg(strstr(lines, "FINDING data[0] token 0: the loss or its "
+                                "gradient overflows"), "%s", lines);
     /* unreadable */
     d = base_dump();
     json_object_del(d, "response");
@@ -378,6 +386,48 @@ START_TEST(test_verify)
     tl_error e;
     ck_assert_int_eq(tl_verify_file("/nonexistent.json", NULL, NULL, NULL, &e),
                      TL_ERR_IO);
+}
+END_TEST
+
+/* Input limits are errors before any large allocation. */
+START_TEST(test_limits)
+{
+    ck_assert_uint_eq(tl_io_max_bytes(), (uint64_t)4 << 30);
+    json_t *root = json_pack("{s:s, s:[o]}", "format", TL_FIXTURE_FORMAT,
+                             "cases", base_case());
+    char *text = json_dumps(root, 0);
+    tl_error e;
+    tl_io_set_max_bytes(64);
+    ck_assert_int_eq(tl_fixture_check_text(text, NULL, NULL, NULL, NULL, &e),
+                     TL_ERR_SIZE);
+    ck_assert_msg(strstr(e.message, "limit"), "%s", e.message);
+    ck_assert_int_eq(tl_verify_text(text, NULL, NULL, NULL, &e), TL_ERR_SIZE);
+    /* a shape product above limit / 4 fails its case, allocating nothing */
+    tl_io_set_max_bytes(strlen(text) + 16);
+    json_t *c = json_array_get(json_object_get(root, "cases"), 0);
+    json_object_set_new(json_object_get(inputs_of(c), "logprobs"), "shape",
+                        json_pack("[I]", (json_int_t)1 << 40));
+    free(text);
+    text = json_dumps(root, 0);
+    tl_io_set_max_bytes(strlen(text) + 16);
+    memset(&last, 0, sizeof last);
+    ck_assert_int_eq(tl_fixture_check_text(text, keep, NULL, NULL, NULL, &e),
+                     TL_OK);
+    ck_assert(!last.passed && strstr(last.detail, "exceeds the input limit"));
+    tl_io_set_max_bytes(0);
+    ck_assert_uint_eq(tl_io_max_bytes(), (uint64_t)4 << 30);
+    /* nesting deeper than the parser's limit */
+    char *deep = malloc(20001);
+    for (int i = 0; i < 10000; i++) {
+        deep[i] = '[';
+        deep[10000 + i] = ']';
+    }
+    deep[20000] = '\0';
+    ck_assert_int_eq(tl_fixture_check_text(deep, NULL, NULL, NULL, NULL, &e),
+                     TL_ERR_JSON);
+    free(deep);
+    free(text);
+    json_decref(root);
 }
 END_TEST
 
@@ -405,6 +455,7 @@ int main(void)
     tcase_add_test(tc, test_file_errors);
     tcase_add_test(tc, test_verify);
     tcase_add_test(tc, test_compute_errors);
+    tcase_add_test(tc, test_limits);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -480,6 +480,41 @@ START_TEST(test_input_errors)
 }
 END_TEST
 
+/* The ratio exp(lp - q) overflowing float32 is an error naming the datum
+ * and token, never a silent inf. */
+START_TEST(test_ratio_overflow)
+{
+    int64_t tok[3] = {0, 1, 2};
+    float lp[3] = {-1.0f, -1.0f, -1.0f}, q[3] = {-1.5f, -200.0f, -1.0f};
+    float a[3] = {1.0f, 1.0f, 1.0f};
+    tl_datum d;
+    memset(&d, 0, sizeof d);
+    d.target_tokens = tl_tensor_1d(tok, TL_I64, 3);
+    d.logprobs = tl_tensor_1d(q, TL_F32, 3);
+    d.advantages = tl_tensor_1d(a, TL_F32, 3);
+    const float *lps[1] = {lp};
+    /* importance_sampling: r A overflows; ppo with A > 0 and cispo clip
+     * it (finite); ppo with A < 0 keeps r A; dro has no ratio */
+    static const char *const rl[] = {"importance_sampling", "ppo", "cispo",
+                                     "dro", "ppo"};
+    static const int want_error[] = {1, 0, 0, 0, 1};
+    for (int i = 0; i < 5; i++) {
+        a[1] = i == 4 ? -1.0f : 1.0f;
+        tl_loss_config c = config(rl[i], 0, 0, 0.05, 0);
+        tl_error e;
+        tl_status s = tl_loss_eval(&c, &d, 1, lps, NULL, NULL, &e);
+        if (!want_error[i]) {
+            ck_assert_int_eq(s, TL_OK);
+            continue;
+        }
+        ck_assert_int_eq(s, TL_ERR_VALUE);
+        ck_assert_int_eq(e.index, 1);
+        ck_assert_str_eq(e.arg, "data[0].loss_fn_inputs");
+        ck_assert_msg(strstr(e.message, "exp(199)"), "%s", e.message);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("losses");
@@ -493,6 +528,7 @@ int main(void)
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_metrics_set_get);
     tcase_add_test(tc, test_input_errors);
+    tcase_add_test(tc, test_ratio_overflow);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -1,6 +1,7 @@
 /* Results are bitwise identical whatever the thread count. */
 #include "common.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +72,98 @@ START_TEST(test_global_threads)
 }
 END_TEST
 
+/* Concurrent calls on distinct buffers, each with its own OpenMP team,
+ * give exactly the serial results. */
+typedef struct {
+    tl_loss_config cfg;
+    tl_datum d;
+    float *lp;
+    float *grad;
+    tl_metrics m;
+    tl_status s;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    float *lps[1] = {j->lp};
+    tl_grad gr = {j->grad, TL_F32, j->d.logits.stride};
+    tl_options o = tl_options_default();
+    o.threads = 2;
+    j->s = tl_forward_backward(&j->cfg, &j->d, 1, &o, lps, &gr, &j->m, NULL);
+    return NULL;
+}
+
+START_TEST(test_concurrent_calls)
+{
+    enum { NJ = 4, N = 9, V = 20011 };
+    rng_t r = {77};
+    job jobs[NJ], ref[NJ];
+    int64_t tok[NJ][N];
+    float q[NJ][N], a[NJ][N];
+    float *x[NJ];
+    for (int k = 0; k < NJ; k++) {
+        x[k] = malloc((size_t)(N * V) * sizeof(float));
+        fill_normal(&r, x[k], N, V, V, 3.0, 0.0f);
+        for (int i = 0; i < N; i++) {
+            tok[k][i] = rng_int(&r, V);
+            q[k][i] = (float)(-10.0 - rng_uniform(&r));
+            a[k][i] = (float)rng_normal(&r);
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            job *j = pass ? &ref[k] : &jobs[k];
+            memset(j, 0, sizeof *j);
+            ck_assert_int_eq(tl_loss_config_init(&j->cfg, "ppo", NULL, NULL, 0,
+                                                 NULL), TL_OK);
+            j->d.target_tokens = tl_tensor_1d(tok[k], TL_I64, N);
+            j->d.logprobs = tl_tensor_1d(q[k], TL_F32, N);
+            j->d.advantages = tl_tensor_1d(a[k], TL_F32, N);
+            j->d.logits = (tl_logits){x[k], TL_F32, N, V, V};
+            j->lp = malloc(N * sizeof(float));
+            j->grad = malloc((size_t)(N * V) * sizeof(float));
+        }
+        run_job(&ref[k]); /* serial */
+    }
+    pthread_t th[NJ];
+    for (int k = 0; k < NJ; k++)
+        ck_assert_int_eq(pthread_create(&th[k], NULL, run_job, &jobs[k]), 0);
+    for (int k = 0; k < NJ; k++)
+        ck_assert_int_eq(pthread_join(th[k], NULL), 0);
+    for (int k = 0; k < NJ; k++) {
+        ck_assert_int_eq(jobs[k].s, TL_OK);
+        ck_assert(memcmp(jobs[k].lp, ref[k].lp, N * sizeof(float)) == 0);
+        ck_assert(memcmp(jobs[k].grad, ref[k].grad,
+                         (size_t)(N * V) * sizeof(float)) == 0);
+        ck_assert(memcmp(&jobs[k].m, &ref[k].m, sizeof jobs[k].m) == 0);
+        free(jobs[k].lp);
+        free(jobs[k].grad);
+        free(ref[k].lp);
+        free(ref[k].grad);
+        free(x[k]);
+    }
+}
+END_TEST
+
+/* First use of the dispatcher from many threads at once is race-free. */
+static void *first_use(void *arg)
+{
+    *(tl_isa *)arg = tl_isa_active();
+    return NULL;
+}
+
+START_TEST(test_dispatch_init_race)
+{
+    pthread_t th[8];
+    tl_isa got[8];
+    for (int k = 0; k < 8; k++)
+        ck_assert_int_eq(pthread_create(&th[k], NULL, first_use, &got[k]), 0);
+    for (int k = 0; k < 8; k++)
+        ck_assert_int_eq(pthread_join(th[k], NULL), 0);
+    for (int k = 1; k < 8; k++)
+        ck_assert_int_eq(got[k], got[0]);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("threads");
@@ -79,6 +172,8 @@ int main(void)
     tcase_add_test(tc, test_threads_f32);
     tcase_add_test(tc, test_threads_bf16);
     tcase_add_test(tc, test_global_threads);
+    tcase_add_test(tc, test_concurrent_calls);
+    tcase_add_test(tc, test_dispatch_init_race);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -15,8 +15,10 @@ static tl_status read_npy(const char *path, jt *t, tl_error *err)
     if (!f)
         return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
     unsigned char pre[10];
-    tl_status s = TL_OK;
     char *hdr = NULL;
+    tl_status s = tl__check_file_size(f, path, err);
+    if (s)
+        goto done;
     if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0) {
         s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: not a .npy file", path);
         goto done;
@@ -78,8 +80,11 @@ static tl_status read_npy(const char *path, jt *t, tl_error *err)
                      "%s: expected a 2-D array [N, V]", path);
         goto done;
     }
-    if (dims[1] > 0 && dims[0] > (INT64_MAX / 8) / dims[1]) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: shape overflows", path);
+    if (dims[1] > 0 &&
+        (uint64_t)dims[0] > tl_io_max_bytes() / 4 / (uint64_t)dims[1]) {
+        s = tl__fail(err, TL_ERR_SIZE, path, -1,
+                     "%s: shape (%lld, %lld) overflows or exceeds the input "
+                     "limit", path, dims[0], dims[1]);
         goto done;
     }
     t->dtype = TL_F32;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 tl_status tl__jfail(tl_error *err, tl_status st, const char *path,
                     int64_t index, const char *fmt, ...)
@@ -18,11 +19,42 @@ tl_status tl__jfail(tl_error *err, tl_status st, const char *path,
     return tl__fail(err, st, path, index, "%s: %s", path, msg);
 }
 
+#define TL_IO_DEFAULT_MAX ((uint64_t)4 << 30)
+static _Atomic uint64_t io_max = TL_IO_DEFAULT_MAX;
+
+void tl_io_set_max_bytes(uint64_t bytes)
+{
+    io_max = bytes ? bytes : TL_IO_DEFAULT_MAX;
+}
+
+uint64_t tl_io_max_bytes(void)
+{
+    return io_max;
+}
+
+tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err)
+{
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size > tl_io_max_bytes())
+        return tl__fail(err, TL_ERR_SIZE, path, -1,
+                        "%s: %llu bytes is more than the limit of %llu "
+                        "(tl_io_set_max_bytes)", path,
+                        (unsigned long long)st.st_size,
+                        (unsigned long long)tl_io_max_bytes());
+    return TL_OK;
+}
+
 tl_status tl__jload_file(const char *path, json_t **out, tl_error *err)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
+    tl_status s = tl__check_file_size(f, path, err);
+    if (s) {
+        fclose(f);
+        return s;
+    }
     json_error_t je;
     *out = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
     fclose(f);
@@ -37,6 +69,12 @@ tl_status tl__jload_text(const char *text, json_t **out, tl_error *err)
 {
     if (!text)
         return tl__fail(err, TL_ERR_NULL, "text", -1, "text is NULL");
+    const size_t n = strlen(text);
+    if ((uint64_t)n > tl_io_max_bytes())
+        return tl__fail(err, TL_ERR_SIZE, "text", -1,
+                        "text of %zu bytes is more than the limit of %llu "
+                        "(tl_io_set_max_bytes)", n,
+                        (unsigned long long)tl_io_max_bytes());
     json_error_t je;
     *out = json_loads(text, JSON_REJECT_DUPLICATES, &je);
     if (!*out)
@@ -214,10 +252,14 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
         dims[1] = sn == 2 ? sv[1] : 1;
         free(sv);
     }
-    if (dims[1] > 0 && dims[0] > (INT64_MAX / 8) / dims[1])
+    const int64_t cap = (int64_t)(tl_io_max_bytes() / 4 < (uint64_t)(INT64_MAX / 8)
+                                      ? tl_io_max_bytes() / 4
+                                      : (uint64_t)(INT64_MAX / 8));
+    if (dims[1] > 0 && dims[0] > cap / dims[1])
         return tl__jfail(err, TL_ERR_JSON, path, -1,
-                         "shape [%lld, %lld]: the element count overflows",
-                         (long long)dims[0], (long long)dims[1]);
+                         "shape [%lld, %lld]: the element count overflows or "
+                         "exceeds the input limit", (long long)dims[0],
+                         (long long)dims[1]);
     const int64_t count = dims[0] * dims[1];
     const int sparse = crow || col;
     if (sparse && (!crow || !col || ndim != 2))

@@ -6,6 +6,7 @@
 #include "tinkerloss_io.h"
 
 #include <jansson.h>
+#include <stdio.h>
 
 #define TL_PATH_MAX 160
 
@@ -59,6 +60,9 @@ tl_status tl__jfail(tl_error *err, tl_status st, const char *path,
 /* Load a JSON file or text; TL_ERR_IO / TL_ERR_JSON with line and column. */
 tl_status tl__jload_file(const char *path, json_t **out, tl_error *err);
 tl_status tl__jload_text(const char *text, json_t **out, tl_error *err);
+
+/* TL_ERR_SIZE if the regular file f is larger than tl_io_max_bytes(). */
+tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err);
 
 /* Get a member by key; NULL if absent or JSON null. */
 json_t *tl__jget(json_t *obj, const char *key);
