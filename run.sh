@@ -4,6 +4,8 @@
 #   ./run.sh bench   install what is missing, build, run the benchmark
 #   ./run.sh build   install what is missing, build
 #   ./run.sh tinkerloss ARGS...   build if needed, run the command-line tool
+#   ./run.sh fuzz [SECONDS]       run the libFuzzer targets (default 300 s)
+#   ./run.sh valgrind             the unit tests under valgrind's memcheck
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -87,6 +89,67 @@ run_bench() {
     fi
 }
 
+FUZZ_DIR=${TL_FUZZ_DIR:-build-fuzz}
+
+# libFuzzer targets (clang, ASan + UBSan), SECONDS in total over all of
+# them; new inputs go to $FUZZ_DIR/corpus-*, crashes to $FUZZ_DIR/artifacts.
+run_fuzz() {
+    local total=${1:-300}
+    PACKAGES+=(clang libclang-rt-14-dev)
+    install_missing
+    if [ ! -f "$FUZZ_DIR/build.ninja" ]; then
+        log "configuring $FUZZ_DIR/ (clang, libFuzzer, sanitizers)"
+        CC=clang meson setup "$FUZZ_DIR" -Dfuzz=true -Dopenmp=disabled \
+            -Db_sanitize=address,undefined -Db_lundef=false \
+            -Dbuildtype=debugoptimized >/dev/null
+    fi
+    meson compile -C "$FUZZ_DIR" >/dev/null || { meson compile -C "$FUZZ_DIR"; exit 1; }
+    local targets=(json npy api) rc=0 trc
+    local each=$(( total / ${#targets[@]} ))
+    [ "$each" -ge 1 ] || each=1
+    mkdir -p "$FUZZ_DIR/artifacts"
+    for t in "${targets[@]}"; do
+        mkdir -p "$FUZZ_DIR/corpus-$t"
+        log "fuzz_$t for ${each}s"
+        trc=0
+        "$FUZZ_DIR/tests/fuzz/fuzz_$t" -max_total_time="$each" \
+            -artifact_prefix="$FUZZ_DIR/artifacts/$t-" -print_final_stats=1 \
+            "$FUZZ_DIR/corpus-$t" "tests/fuzz/corpus/$t" \
+            >"$FUZZ_DIR/fuzz_$t.log" 2>&1 || trc=1
+        # the last status line: executions, coverage, speed
+        grep -E '^#[0-9]+' "$FUZZ_DIR/fuzz_$t.log" | tail -n 1 |
+            sed "s/^/fuzz_$t: /"
+        grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' \
+            "$FUZZ_DIR/fuzz_$t.log" | sed "s/^/fuzz_$t: /"
+        if [ "$trc" -ne 0 ]; then
+            rc=1
+            log "fuzz_$t found a problem: see $FUZZ_DIR/fuzz_$t.log and $FUZZ_DIR/artifacts"
+        fi
+    done
+    return $rc
+}
+
+# Every unit-test program under valgrind's memcheck (AVX2 tier: valgrind
+# does not decode AVX-512), no fork, full leak check.
+run_valgrind() {
+    PACKAGES+=(valgrind)
+    build
+    local rc=0 t
+    for t in "$BUILD_DIR"/tests/test_*; do
+        [ -x "$t" ] || continue
+        local args=()
+        [ "$(basename "$t")" = test_golden ] && args=(golden/*.json)
+        log "memcheck $(basename "$t")"
+        TL_ISA=avx2 CK_FORK=no CK_DEFAULT_TIMEOUT=0 valgrind -q \
+            --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=all \
+            "$t" "${args[@]}" >"$BUILD_DIR/valgrind-$(basename "$t").log" 2>&1 || {
+            rc=1; log "memcheck: $(basename "$t") failed, see $BUILD_DIR/valgrind-$(basename "$t").log"; }
+        tail -n 1 "$BUILD_DIR/valgrind-$(basename "$t").log"
+    done
+    [ $rc -eq 0 ] && log "memcheck: no errors, no leaks"
+    return $rc
+}
+
 run_tinkerloss() {
     build >&2
     exec "$BUILD_DIR/tools/tinkerloss" "$@"
@@ -99,6 +162,8 @@ case "$cmd" in
     bench) run_bench "$@" ;;
     build) build ;;
     tinkerloss) run_tinkerloss "$@" ;;
-    *) echo "usage: ./run.sh test|bench|build|tinkerloss [args...]" >&2
+    fuzz) run_fuzz "$@" ;;
+    valgrind) run_valgrind ;;
+    *) echo "usage: ./run.sh test|bench|build|tinkerloss|fuzz|valgrind [args...]" >&2
        exit 2 ;;
 esac

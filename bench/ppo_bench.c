@@ -18,10 +18,13 @@
  * fwdbwd one read of the logits plus one write of the gradient at the copy
  * bandwidth (which counts bytes read plus bytes written).
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "tinkerloss.h"
 
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,7 +331,11 @@ int main(int argc, char **argv)
     }
     memset(bw_a, 1, BW_BYTES);
     memset(bw_b, 0, BW_BYTES);
+#ifdef _OPENMP
     const int all = omp_get_max_threads();
+#else
+    const int all = 1;
+#endif
     int thr[2] = {1, all}, nthr = all > 1 ? 2 : 1;
     if (c.threads > 0) {
         thr[0] = c.threads;

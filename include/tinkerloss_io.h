@@ -101,7 +101,9 @@ TL_API tl_status tl_compute_file(const char *request_path,
                                  tl_error *err);
 
 /* Limits that protect the caller: a file or text larger than this many
- * bytes (default 4 GiB), a tensor whose element count exceeds it / 4, or
+ * bytes (default 4 GiB), a tensor whose dense form would take more memory
+ * than that (12 bytes per element: float and double copies), a .npy file
+ * shorter than its shape says, or
  * JSON nested deeper than jansson's limit (2048) is refused with an error
  * (TL_ERR_SIZE, TL_ERR_JSON) before any large allocation. 0 restores the
  * default. Process-wide. */

@@ -227,6 +227,35 @@ START_TEST(test_shift_invariance)
 }
 END_TEST
 
+/* Denormal logits are ordinary values; FLT_MAX-sized ones stay finite. */
+START_TEST(test_denormals_and_extremes)
+{
+    enum { V = 37 };
+    float x[2 * V];
+    for (int j = 0; j < V; j++) {
+        x[j] = (j % 2 ? 1.0f : -1.0f) * 1e-40f; /* denormal */
+        x[V + j] = j == 5 ? 3.0e38f : -3.0e38f;
+    }
+    int64_t t[2] = {3, 6};
+    tl_logits lg = {x, TL_F32, 2, V, V};
+    float lp[2], h[2];
+    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, h, NULL), TL_OK);
+    ck_assert(fabs(lp[0] + log((double)V)) <= lp_tolerance(lp[0]));
+    ck_assert(fabs(h[0] - log((double)V)) <= 1e-5);
+    /* row 2: the target is 6e38 below the max: its logprob is below the
+     * float range (-inf), probability 0 for all but the max */
+    ck_assert(lp[1] == -INFINITY);
+    ck_assert(fabsf(h[1]) <= 1e-6f);
+    float g[2] = {1.0f, 1.0f}, gr[2 * V];
+    tl_grad gd = {gr, TL_F32, V};
+    ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gd, NULL),
+                     TL_OK);
+    for (int j = 0; j < 2 * V; j++)
+        ck_assert(isfinite(gr[j]));
+    ck_assert(gr[V + 6] == 1.0f && gr[V + 5] == -1.0f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("logprobs");
@@ -239,6 +268,7 @@ int main(void)
     tcase_add_test(tc, test_masked_equals_smaller_vocab);
     tcase_add_test(tc, test_uniform_row);
     tcase_add_test(tc, test_shift_invariance);
+    tcase_add_test(tc, test_denormals_and_extremes);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -7,13 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Read a C-order little-endian float32 2-D .npy file (format 1.0 - 3.0). */
-static tl_status read_npy(const char *path, jt *t, tl_error *err)
+/* Read a C-order little-endian float32 2-D .npy stream (format 1.0 - 3.0);
+ * `path` names it in messages. */
+tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
 {
     memset(t, 0, sizeof *t);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
     unsigned char pre[10];
     char *hdr = NULL;
     tl_status s = tl__check_file_size(f, path, err);
@@ -87,6 +85,16 @@ static tl_status read_npy(const char *path, jt *t, tl_error *err)
                      "limit", path, dims[0], dims[1]);
         goto done;
     }
+    /* the data must be there before anything is allocated for it */
+    const long here = ftell(f);
+    if (here < 0 || fseek(f, 0, SEEK_END) != 0) {
+        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: not seekable", path);
+        goto done;
+    }
+    const long end = ftell(f);
+    if (end < here || fseek(f, here, SEEK_SET) != 0 ||
+        (uint64_t)(end - here) < (uint64_t)dims[0] * (uint64_t)dims[1] * 4u)
+        goto truncated;
     t->dtype = TL_F32;
     t->ndim = 2;
     t->shape[0] = dims[0];
@@ -106,6 +114,15 @@ done:
     if (s)
         tl__jt_free(t);
     free(hdr);
+    return s;
+}
+
+static tl_status read_npy(const char *path, jt *t, tl_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
+    tl_status s = tl__npy_read(f, path, t, err);
     fclose(f);
     return s;
 }

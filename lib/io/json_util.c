@@ -1,4 +1,5 @@
 /* JSON helpers: TENSOR and Datum parsing with path-naming errors. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "json_util.h"
 
 #include <math.h>
@@ -100,6 +101,8 @@ void tl__jt_free(jt *t)
 
 static const char *type_name(const json_t *j)
 {
+    if (!j)
+        return "missing";
     switch (json_typeof(j)) {
     case JSON_OBJECT: return "an object";
     case JSON_ARRAY: return "an array";
@@ -252,9 +255,10 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
         dims[1] = sn == 2 ? sv[1] : 1;
         free(sv);
     }
-    const int64_t cap = (int64_t)(tl_io_max_bytes() / 4 < (uint64_t)(INT64_MAX / 8)
-                                      ? tl_io_max_bytes() / 4
-                                      : (uint64_t)(INT64_MAX / 8));
+    /* a float element costs 12 bytes here (float and double copies) */
+    const int64_t cap = (int64_t)(tl_io_max_bytes() / 12 < (uint64_t)(INT64_MAX / 16)
+                                      ? tl_io_max_bytes() / 12
+                                      : (uint64_t)(INT64_MAX / 16));
     if (dims[1] > 0 && dims[0] > cap / dims[1])
         return tl__jfail(err, TL_ERR_JSON, path, -1,
                          "shape [%lld, %lld]: the element count overflows or "

@@ -169,6 +169,29 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
         j = b0;
+        if (!isfinite(mc_hi) || !isfinite(mc_lo)) {
+            /* |m c| beyond float range (logits near FLT_MAX, or a tiny
+             * temperature): t = (x - m) c, slower but exact enough */
+            const VF vm = vf_set1(m);
+            for (; j < b1; j += VW) {
+                const int64_t left = b1 - j;
+                VF xa = left >= VW ? vf_load(x, j, bf16)
+                                   : vf_load_part(x, j, left, bf16, -INFINITY);
+                VF t0 = vf_mul(vf_sub(xa, vm), vc);
+                VF e0 = vexp2(t0);
+                if (e_out) {
+                    if (left >= VW)
+                        vf_store(e_out, j, e0, 0);
+                    else
+                        vf_store_part(e_out, j, left, e0, 0);
+                }
+                vd_acc(&s0, &s1, e0);
+                if (want_w)
+                    vd_acc(&w0, &w1, vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP *
+                                                               TL_LOG2E),
+                                                       t0)));
+            }
+        }
         /* while this block is computed from L1, fetch a later one from
          * memory: the reads overlap the arithmetic instead of alternating
          * with it */
@@ -260,7 +283,10 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
           int64_t j0, int64_t j1, const int bf16_in, const int bf16_out)
 {
     const VF vc = vf_set1(c->c), nhi = vf_set1(-c->off_hi);
-    const VF lo_ = vf_set1(c->off_lo);
+    const VF lo_ = vf_set1(c->off_lo), vM = vf_set1(c->max);
+    /* |M c| beyond float range: t = (x - M) c instead (as in the
+     * statistics pass) */
+    const int huge = !isfinite(c->off_hi) || !isfinite(c->off_lo);
     const VF k = vf_set1(c->k), kb = vf_set1(c->kb * (float)TL_LN2);
     const VF tmin = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
     const int ent = c->entropy;
@@ -268,8 +294,9 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
     if (j0 == 0) {
         const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
         if (head > 0) {
-            VF t = vf_sub(vf_fmadd(vf_load_part(x, 0, head, bf16_in,
-                                                -INFINITY), vc, nhi), lo_);
+            VF xh = vf_load_part(x, 0, head, bf16_in, -INFINITY);
+            VF t = huge ? vf_mul(vf_sub(xh, vM), vc)
+                        : vf_sub(vf_fmadd(xh, vc, nhi), lo_);
             VF e = vexp2(t);
             VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k))
                        : vf_mul(e, k);
@@ -278,14 +305,17 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
         j = head;
     }
     for (; j + VW <= j1; j += VW) {
-        VF t = vf_sub(vf_fmadd(vf_load(x, j, bf16_in), vc, nhi), lo_);
+        VF xv = vf_load(x, j, bf16_in);
+        VF t = huge ? vf_mul(vf_sub(xv, vM), vc)
+                    : vf_sub(vf_fmadd(xv, vc, nhi), lo_);
         VF e = vexp2(t);
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
         vf_stream(out, j, g, bf16_out);
     }
     if (j < j1) {
-        VF t = vf_sub(vf_fmadd(vf_load_part(x, j, j1 - j, bf16_in, -INFINITY),
-                               vc, nhi), lo_);
+        VF xt = vf_load_part(x, j, j1 - j, bf16_in, -INFINITY);
+        VF t = huge ? vf_mul(vf_sub(xt, vM), vc)
+                    : vf_sub(vf_fmadd(xt, vc, nhi), lo_);
         VF e = vexp2(t);
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
         vf_store_part(out, j, j1 - j, g, bf16_out);
