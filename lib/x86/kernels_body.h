@@ -169,36 +169,17 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
         j = b0;
-        if (!isfinite(mc_hi) || !isfinite(mc_lo)) {
-            /* |m c| beyond float range (logits near FLT_MAX, or a tiny
-             * temperature): t = (x - m) c, slower but exact enough */
-            const VF vm = vf_set1(m);
-            for (; j < b1; j += VW) {
-                const int64_t left = b1 - j;
-                VF xa = left >= VW ? vf_load(x, j, bf16)
-                                   : vf_load_part(x, j, left, bf16, -INFINITY);
-                VF t0 = vf_mul(vf_sub(xa, vm), vc);
-                VF e0 = vexp2(t0);
-                if (e_out) {
-                    if (left >= VW)
-                        vf_store(e_out, j, e0, 0);
-                    else
-                        vf_store_part(e_out, j, left, e0, 0);
-                }
-                vd_acc(&s0, &s1, e0);
-                if (want_w)
-                    vd_acc(&w0, &w1, vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP *
-                                                               TL_LOG2E),
-                                                       t0)));
-            }
-        }
+        /* |m c| beyond the float range (logits near FLT_MAX, or a tiny
+         * temperature): t = (x - m) c instead, one vector at a time */
+        const int huge = !isfinite(mc_hi) || !isfinite(mc_lo);
+        const VF vm = vf_set1(m);
         /* while this block is computed from L1, fetch a later one from
          * memory: the reads overlap the arithmetic instead of alternating
          * with it */
         const int64_t pf = b0 + (TL_PREFETCH_BLOCKS + 1) * TL_BLOCK <= v
                                ? TL_PREFETCH_BLOCKS * TL_BLOCK
                                : 0;
-        for (; j + 4 * VW <= b1; j += 4 * VW) {
+        for (; !huge && j + 4 * VW <= b1; j += 4 * VW) {
             if (pf) {
                 const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
                 _mm_prefetch(nx, _MM_HINT_T0);
@@ -237,7 +218,8 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             const int64_t left = b1 - j;
             VF xa = left >= VW ? vf_load(x, j, bf16)
                                : vf_load_part(x, j, left, bf16, -INFINITY);
-            VF t0 = vf_sub(vf_fmadd(xa, vc, nhi), lo_);
+            VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
+                         : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
             VF e0 = vexp2(t0);
             if (e_out) {
                 if (left >= VW)
