@@ -8,8 +8,11 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '#include "tinkerloss.h"\nint main(void) { return tl_isa_best() < 0; }\n' > "$tmp/a.c"
 "$cc" -std=c11 -pedantic -Werror -Wall -Wextra -I "$inc" -c "$tmp/a.c" -o "$tmp/a.o"
-"$cc" -std=c11 -pedantic -Werror -Wall -Wextra -fsyntax-only -x c "$inc/tinkerloss.h"
+for h in tinkerloss.h tinkerloss_io.h; do
+    "$cc" -std=c11 -pedantic -Werror -Wall -Wextra -fsyntax-only -x c \
+        -I "$inc" "$inc/$h"
+done
 # included twice: the include guard holds
-printf '#include "tinkerloss.h"\n#include "tinkerloss.h"\n' > "$tmp/b.c"
+printf '#include "tinkerloss_io.h"\n#include "tinkerloss.h"\n#include "tinkerloss_io.h"\n' > "$tmp/b.c"
 "$cc" -std=c11 -pedantic -Werror -I "$inc" -fsyntax-only "$tmp/b.c"
-echo "tinkerloss.h compiles alone with -std=c11 -pedantic -Werror"
+echo "tinkerloss.h and tinkerloss_io.h compile alone with -std=c11 -pedantic -Werror"
