@@ -6,17 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
+#include "fuzz_limits.h"
 
-/* keep every allocation well inside libFuzzer's memory limit */
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    tl_io_set_max_bytes((uint64_t)64 << 20);
-    return 0;
-}
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void ignore_case(void *user, const tl_case_report *r)
 {
