@@ -3,11 +3,13 @@
  * x86 tier after it defines:
  *   VF, VD, VM          float vector, double accumulator, lane mask
  *   VW                  lanes per VF
- *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_fnmadd vf_max vf_zero
+ *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_max
  *   vf_load(p, j, bf16)                 full vector at element j
  *   vf_load_part(p, j, n, bf16, fill)   n < VW elements, rest = fill
  *   vf_store(out, j, v, bf16)           full vector store
  *   vf_store_part(out, j, n, v, bf16)   first n lanes only
+ *   vf_stream(out, j, v, bf16)          non-temporal full vector store to
+ *                                       an aligned address
  *   vexp2(t)                            2^t for t <= 0 (NaN stays NaN), 0
  *                                       below TL_EXP2_FLUSH (defined after
  *                                       this file, with vexp2_poly)
@@ -40,12 +42,6 @@ static inline VF vexp2_poly(VF r)
     p = vf_fmadd(p, r, vf_set1(TL_EXP2_C2));
     p = vf_fmadd(p, r, vf_set1(TL_EXP2_C1));
     return vf_fmadd(p, r, vf_set1(1.0f));
-}
-
-/* exp(d) for TL_ARG_CLAMP <= d <= 0 (the entropy-gradient path). */
-static inline VF vexp_neg(VF d)
-{
-    return vexp2(vf_mul(d, vf_set1(TL_LOG2E)));
 }
 
 /* The part of a row before the first output address aligned for a
