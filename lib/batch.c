@@ -1,22 +1,15 @@
 /* Batches of datums: the fused forward+loss+backward, the readable
  * reference composition, and custom losses. */
-#include "losses.h"
+#include "batch.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Validated batch: shapes and row/token offsets of every datum. */
-typedef struct batch {
-    int64_t ndata;
-    tl_datum_shape *shape;
-    int64_t *row_off; /* ndata + 1 */
-    int64_t *tok_off; /* ndata + 1 */
-    int64_t *row_datum; /* datum of each global row */
-} batch;
+typedef tl_batch batch;
 
-static void batch_free(batch *b)
+void tl__batch_free(tl_batch *b)
 {
     free(b->shape);
     free(b->row_off);
@@ -43,11 +36,10 @@ static tl_status check_outputs(const tl_datum *data, const batch *b,
     return TL_OK;
 }
 
-/* Validate every datum (cfg NULL: custom loss) and lay out the batch. */
-static tl_status batch_init(batch *b, const tl_loss_config *cfg,
-                            const tl_datum *data, int64_t ndata,
-                            float *const *logprobs, const tl_grad *grads,
-                            tl_error *err)
+tl_status tl__batch_init(tl_batch *b, const tl_loss_config *cfg,
+                         const tl_datum *data, int64_t ndata, int need_logits,
+                         float *const *logprobs, const tl_grad *grads,
+                         tl_error *err)
 {
     memset(b, 0, sizeof *b);
     tl_status s;
@@ -64,26 +56,27 @@ static tl_status batch_init(batch *b, const tl_loss_config *cfg,
     b->row_off = malloc((size_t)(ndata + 1) * sizeof *b->row_off);
     b->tok_off = malloc((size_t)(ndata + 1) * sizeof *b->tok_off);
     if (!b->shape || !b->row_off || !b->tok_off) {
-        batch_free(b);
+        tl__batch_free(b);
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot allocate the batch");
     }
     b->row_off[0] = b->tok_off[0] = 0;
     for (int64_t i = 0; i < ndata; i++) {
-        if ((s = tl__check_datum(cfg, &data[i], i, 1, &b->shape[i], err))) {
-            batch_free(b);
+        if ((s = tl__check_datum(cfg, &data[i], i, need_logits, &b->shape[i],
+                                 err))) {
+            tl__batch_free(b);
             return s;
         }
         b->row_off[i + 1] = b->row_off[i] + b->shape[i].n;
         b->tok_off[i + 1] = b->tok_off[i] + b->shape[i].n * b->shape[i].k;
     }
     if ((s = check_outputs(data, b, logprobs, grads, err))) {
-        batch_free(b);
+        tl__batch_free(b);
         return s;
     }
     const int64_t rows = b->row_off[ndata];
     b->row_datum = malloc((size_t)(rows + 1) * sizeof *b->row_datum);
     if (!b->row_datum) {
-        batch_free(b);
+        tl__batch_free(b);
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot allocate the batch");
     }
     for (int64_t i = 0; i < ndata; i++)
@@ -108,6 +101,52 @@ static tl_status row_error(const tl_datum *data, const batch *b, int64_t r,
                     (long long)row);
 }
 
+tl_status tl__batch_overflow_error(const tl_loss_config *cfg,
+                                   const tl_datum *data, const tl_batch *b,
+                                   int64_t r, const double *lp,
+                                   tl_error *err)
+{
+    const int64_t i = b->row_datum[r], k = b->shape[i].k;
+    const int64_t t0 = (r - b->row_off[i]) * k;
+    for (int64_t q = 0; q < k; q++) {
+        tl_tokin in;
+        double l, dl;
+        const double x = (double)(float)lp[b->tok_off[i] + t0 + q];
+        tl__token_inputs(cfg, &data[i], t0 + q, k, &in);
+        tl__loss_token(cfg, x, &in, &l, &dl);
+        if (tl__loss_overflows(l, dl))
+            return tl__loss_overflow_error(cfg, i, t0 + q, x, &in, err);
+    }
+    return tl__fail(err, TL_ERR_VALUE, "data", i,
+                    "a loss of data[%lld] overflows float32", (long long)i);
+}
+
+void tl__batch_finish(const tl_loss_config *cfg, const tl_datum *data,
+                      const tl_batch *b, const double *lp,
+                      const double *loss, const double *ent, int want_entropy,
+                      float *const *logprobs, tl_metrics *metrics)
+{
+    tl_lossacc acc;
+    tl__acc_init(&acc);
+    for (int64_t i = 0; i < b->ndata; i++) {
+        const int64_t k = b->shape[i].k, t0 = b->tok_off[i];
+        for (int64_t t = 0; t < b->tok_off[i + 1] - t0; t++) {
+            tl_tokin in;
+            tl__token_inputs(cfg, &data[i], t, k, &in);
+            tl__acc_token(&acc, cfg, (double)(float)lp[t0 + t], &in,
+                          loss[t0 + t]);
+            if (logprobs)
+                logprobs[i][t] = (float)lp[t0 + t];
+        }
+    }
+    if (want_entropy)
+        for (int64_t r = 0; r < b->row_off[b->ndata]; r++) {
+            acc.ent_sum += ent[r];
+            acc.ent_rows++;
+        }
+    tl__acc_metrics(&acc, cfg, metrics);
+}
+
 tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
                               int64_t ndata, const tl_options *opts,
                               float *const *logprobs, const tl_grad *grads,
@@ -117,7 +156,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
     tl_status s;
     batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
-        (s = batch_init(&b, cfg, data, ndata, logprobs, grads, err)))
+        (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
     const int64_t rows = b.row_off[ndata], toks = b.tok_off[ndata];
     /* per token: logprob and loss; per row: entropy and a status */
@@ -179,51 +218,21 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
     }
     for (int64_t r = 0; r < rows; r++)
         if (bad[r] == 3) {
-            /* find the token again, for the message */
-            const int64_t i = b.row_datum[r], k = b.shape[i].k;
-            const int64_t t0 = (r - b.row_off[i]) * k;
-            for (int64_t q = 0; q < k; q++) {
-                tl_tokin in;
-                double l, dl;
-                const double x = (double)(float)lp[b.tok_off[i] + t0 + q];
-                tl__token_inputs(cfg, &data[i], t0 + q, k, &in);
-                tl__loss_token(cfg, x, &in, &l, &dl);
-                if (tl__loss_overflows(l, dl)) {
-                    s = tl__loss_overflow_error(cfg, i, t0 + q, x, &in, err);
-                    goto done;
-                }
-            }
+            s = tl__batch_overflow_error(cfg, data, &b, r, lp, err);
+            goto done;
         } else if (bad[r]) {
             s = row_error(data, &b, r, bad[r], err);
             goto done;
         }
-    /* outputs and metrics, sequentially in datum/token order */
-    tl_lossacc acc;
-    tl__acc_init(&acc);
-    for (int64_t i = 0; i < ndata; i++) {
-        const int64_t k = b.shape[i].k, t0 = b.tok_off[i];
-        for (int64_t t = 0; t < b.tok_off[i + 1] - t0; t++) {
-            tl_tokin in;
-            tl__token_inputs(cfg, &data[i], t, k, &in);
-            tl__acc_token(&acc, cfg, (double)(float)lp[t0 + t], &in,
-                          loss[t0 + t]);
-            if (logprobs)
-                logprobs[i][t] = (float)lp[t0 + t];
-        }
-    }
-    if (o.entropy)
-        for (int64_t r = 0; r < rows; r++) {
-            acc.ent_sum += ent[r];
-            acc.ent_rows++;
-        }
-    tl__acc_metrics(&acc, cfg, metrics);
+    tl__batch_finish(cfg, data, &b, lp, loss, ent, o.entropy, logprobs,
+                     metrics);
     s = tl__ok(err);
 done:
     free(lp);
     free(loss);
     free(ent);
     free(bad);
-    batch_free(&b);
+    tl__batch_free(&b);
     return s;
 }
 
@@ -316,7 +325,7 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
     tl_status s;
     batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
-        (s = batch_init(&b, cfg, data, ndata, logprobs, grads, err)))
+        (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
     const int64_t rows = b.row_off[ndata];
     fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
@@ -338,13 +347,12 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
     s = tl__ok(err);
 done:
     fwd_free(&f);
-    batch_free(&b);
+    tl__batch_free(&b);
     return s;
 }
 
-/* Merge the callback's metrics after ours (theirs win on equal names). */
-static tl_status merge_metrics(tl_metrics *dst, const tl_metrics *src,
-                               tl_error *err)
+tl_status tl__merge_metrics(tl_metrics *dst, const tl_metrics *src,
+                            tl_error *err)
 {
     for (int i = 0; i < src->count && i < TL_MAX_METRICS; i++)
         if (tl_metrics_set(dst, src->items[i].name, src->items[i].value))
@@ -352,6 +360,27 @@ static tl_status merge_metrics(tl_metrics *dst, const tl_metrics *src,
                             "custom loss metric '%s' is not a valid "
                             "'name:reduction' or does not fit",
                             src->items[i].name);
+    return TL_OK;
+}
+
+tl_status tl__custom_surrogate(const tl_batch *b, const float *const *lpd,
+                               float *const *gd, double *surrogate,
+                               tl_error *err)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < b->ndata; i++)
+        for (int64_t t = 0; t < b->tok_off[i + 1] - b->tok_off[i]; t++) {
+            const float gt = gd[i][t];
+            if (!isfinite(gt)) {
+                char name[48];
+                snprintf(name, sizeof name, "grad[%lld]", (long long)i);
+                return tl__fail(err, TL_ERR_VALUE, name, t,
+                                "custom loss gradient %s[%lld] = %g is not "
+                                "finite", name, (long long)t, (double)gt);
+            }
+            sum += (double)gt * (double)lpd[i][t];
+        }
+    *surrogate = sum;
     return TL_OK;
 }
 
@@ -370,11 +399,11 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
     tl_status s;
     batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
-        (s = batch_init(&b, NULL, data, ndata, logprobs, grads, err)))
+        (s = tl__batch_init(&b, NULL, data, ndata, 1, logprobs, grads, err)))
         return s;
     for (int64_t i = 0; weights && i < ndata; i++)
         if (b.shape[i].n > 0 && !weights[i]) {
-            batch_free(&b);
+            tl__batch_free(&b);
             return tl__fail(err, TL_ERR_NULL, "weights", i,
                             "weights[%lld] is NULL", (long long)i);
         }
@@ -406,24 +435,13 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
     /* surrogate: cross_entropy with weights w = -dC/dlp, whose loss is
      * -sum(w lp) = sum(g lp) and whose gradient is g */
     double surrogate = 0.0;
-    for (int64_t i = 0; i < ndata; i++)
-        for (int64_t t = 0; t < b.tok_off[i + 1] - b.tok_off[i]; t++) {
-            const float gt = f.gd[i][t];
-            if (!isfinite(gt)) {
-                char name[48];
-                snprintf(name, sizeof name, "grad[%lld]", (long long)i);
-                s = tl__fail(err, TL_ERR_VALUE, name, t,
-                             "custom loss gradient %s[%lld] = %g is not "
-                             "finite", name, (long long)t, (double)gt);
-                goto done;
-            }
-            surrogate += (double)gt * (double)f.lpd[i][t];
-        }
+    if ((s = tl__custom_surrogate(&b, f.lpd, f.gd, &surrogate, err)))
+        goto done;
     if (metrics) {
         memset(metrics, 0, sizeof *metrics);
         tl_metrics_set(metrics, "loss:sum", surrogate);
         tl_metrics_set(metrics, "tokens:sum", (double)toks);
-        if ((s = merge_metrics(metrics, user_m, err)))
+        if ((s = tl__merge_metrics(metrics, user_m, err)))
             goto done;
     }
     if ((s = bwd_run(&f, data, &b, &o, grads, err)))
@@ -441,6 +459,6 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
 done:
     fwd_free(&f);
     free(user_m);
-    batch_free(&b);
+    tl__batch_free(&b);
     return s;
 }

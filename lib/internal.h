@@ -110,6 +110,14 @@ int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
  * gradient row of a bad logits row). */
 void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab);
 
+/* The coefficients of a gradient row (see tl_gradcoef) and the values of
+ * its k target elements (fix), from the same inputs as tl__row_backward.
+ * Returns 1 if a value overflows float32. */
+int tl__row_grad_plan(const tl_rowresult *r, const int64_t *targets,
+                      int64_t k, double temperature, const double *lp,
+                      const double *g, int have_ge, double ge, tl_gradcoef *c,
+                      float *fix);
+
 /* Gradient row `row` of `grad` for upstream g[q] = dL/dlp[q] of the k
  * targets and (if have_ge) ge = dL/dentropy, from the forward results r
  * and lp of the same row (computed with want_entropy = have_ge and the

@@ -134,11 +134,10 @@ int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
     return 0;
 }
 
-int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
-                     int64_t row, const int64_t *targets, int64_t k,
-                     double temperature, const tl_rowresult *r,
-                     const double *lp, const double *g, int have_ge,
-                     double ge, tl_pipe *pp, const tl_grad *grad)
+int tl__row_grad_plan(const tl_rowresult *r, const int64_t *targets,
+                      int64_t k, double temperature, const double *lp,
+                      const double *g, int have_ge, double ge, tl_gradcoef *c,
+                      float *fix)
 {
     /* With G = sum_q g_q, every element gets
      *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
@@ -149,23 +148,21 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
     const double h = have_ge ? r->entropy : 0.0;
     const double a = -(gsum + (have_ge ? ge * h : 0.0)) / temperature;
     const double b = have_ge ? -ge / temperature : 0.0;
-    tl_gradcoef c;
-    c.max = r->max;
-    c.inv_t = r->inv_t;
-    c.c = tl__log2e_scale(r->inv_t);
-    const double off = (double)r->max * (double)c.c;
-    c.off_hi = (float)off;
-    c.off_lo = (float)(off - (double)c.off_hi);
-    c.k = (float)((a - b * r->log_sum) / r->sum);
-    c.kb = (float)(b / r->sum);
-    c.entropy = have_ge && ge != 0.0;
-    if (!isfinite(c.k) || !isfinite(c.kb))
+    c->max = r->max;
+    c->inv_t = r->inv_t;
+    c->c = tl__log2e_scale(r->inv_t);
+    const double off = (double)r->max * (double)c->c;
+    c->off_hi = (float)off;
+    c->off_lo = (float)(off - (double)c->off_hi);
+    c->k = (float)((a - b * r->log_sum) / r->sum);
+    c->kb = (float)(b / r->sum);
+    c->entropy = have_ge && ge != 0.0;
+    if (!isfinite(c->k) || !isfinite(c->kb))
         return 1;
     /* target elements, computed directly in double:
      *   (G_j - G p_j - ge p_j (log p_j + H)) / T
      * with G_j the upstream gradient of every target equal to j, and
      * G_j - G p_j = G (1 - p_j) = -G expm1(log p_j) when G_j = G. */
-    float fix[TL_MAX_TARGETS];
     for (int64_t q = 0; q < k; q++) {
         double gj = 0.0;
         for (int64_t u = 0; u < k; u++)
@@ -179,6 +176,21 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
         if (!isfinite(fix[q]))
             return 1;
     }
+    return 0;
+}
+
+int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
+                     int64_t row, const int64_t *targets, int64_t k,
+                     double temperature, const tl_rowresult *r,
+                     const double *lp, const double *g, int have_ge,
+                     double ge, tl_pipe *pp, const tl_grad *grad)
+{
+    tl_gradcoef c;
+    float fix[TL_MAX_TARGETS];
+    if (tl__row_grad_plan(r, targets, k, temperature, lp, g, have_ge, ge, &c,
+                          fix))
+        return 1;
+    const double off = (double)r->max * (double)c.c;
     char *out = grad_row(grad, row);
     if (r->scratch && !c.entropy) {
         /* the forward pass left the row's exponentials in the scratch row:
