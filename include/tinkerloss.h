@@ -490,6 +490,163 @@ TL_API tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
                                             tl_error *err);
 
 /* ------------------------------------------------------------------------ */
+/* Output projection: logprobs and gradients from hidden states              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The model's output projection (unembedding, PyTorch's lm_head):
+ *   logits[i, :] = hidden[i, :] @ weight^T + bias
+ * The functions below compute what the logits paths compute, without ever
+ * holding the [N, V] logits: tokens and vocabulary are processed in blocks
+ * with OpenBLAS sgemm, so the extra memory is bounded by
+ * tl_head_options.workspace_bytes whatever N and V are.
+ *
+ * Threads: the call's OpenMP team (tl_options.threads) runs every sgemm
+ * itself, each thread calling OpenBLAS single-threaded on its own part of
+ * the product, so OpenBLAS and OpenMP never run at the same time and at
+ * most `threads` cores are busy. For the duration of the call, OpenBLAS is
+ * held at one thread per caller: with the OpenMP build of OpenBLAS through
+ * each worker's own nthreads ICV (nothing global changes); with the
+ * pthreads build through openblas_set_num_threads(1), the previous value
+ * being restored when the last concurrent call returns. The partition of
+ * every product is fixed by the block sizes, not by the thread count, so
+ * results are bitwise identical for any thread count.
+ */
+typedef struct tl_head {
+    const float *weight; /* [vocab, dim] row-major, row stride `stride` */
+    const float *bias;   /* [vocab], or NULL for none */
+    int64_t vocab;       /* >= 1 */
+    int64_t dim;         /* >= 1 */
+    int64_t stride;      /* >= dim, in elements */
+} tl_head;
+
+/* Hidden states [rows, dim] of one datum, row stride `stride` >= dim. */
+typedef struct tl_hidden {
+    const float *data;   /* may be NULL only when rows == 0 */
+    int64_t rows;
+    int64_t stride;
+} tl_hidden;
+
+/* Gradient outputs of the projection paths. Each is optional (NULL: not
+ * wanted). Dense row-major buffers. */
+typedef struct tl_head_grads {
+    float *const *hidden; /* one [N_i, dim] buffer per datum (datums with
+                             N_i == 0 may have NULL) */
+    float *weight;        /* [vocab, dim] */
+    float *bias;          /* [vocab] */
+    int accumulate;       /* 0: outputs are overwritten; 1: the gradients
+                             are added to what the buffers hold (e.g. over
+                             several calls) */
+} tl_head_grads;
+
+/* Default workspace budget of the projection paths: 256 MiB. */
+#define TL_HEAD_DEFAULT_WORKSPACE ((size_t)256 << 20)
+
+/* Blocking of the projection paths. Initialise with
+ * tl_head_options_default(); NULL where accepted means the defaults. */
+typedef struct tl_head_options {
+    size_t workspace_bytes; /* most memory a call allocates besides its
+                               O(tokens) bookkeeping (per-token results,
+                               about 40 bytes per token); default
+                               TL_HEAD_DEFAULT_WORKSPACE */
+    int64_t block_tokens;   /* tokens per block; 0 (default): chosen */
+    int64_t block_vocab;    /* vocabulary entries per block; 0 (default):
+                               chosen. With block_vocab >= vocab every
+                               product is computed once; with fewer, the
+                               logits of a block are computed twice
+                               (once for the normaliser, once for the
+                               gradient), one product more. */
+} tl_head_options;
+
+TL_API tl_head_options tl_head_options_default(void);
+
+/*
+ * The blocks a call over `rows` tokens (K targets each) would use, and the
+ * workspace it would allocate. Chosen blocks: block_tokens = min(rows,
+ * 256) tokens with the whole vocabulary if that fits the budget, else as
+ * many tokens as fit (at least min(rows, 32)), else min(rows, 32) tokens
+ * and the largest vocabulary block that fits. Every output may be NULL.
+ * Errors: TL_ERR_SIZE when the blocks asked for, or the smallest blocks
+ * (1 token, 16 entries), need more than workspace_bytes; TL_ERR_NULL,
+ * TL_ERR_SIZE for the head.
+ */
+TL_API tl_status tl_head_plan(const tl_head *head, int64_t rows, int64_t k,
+                              const tl_head_options *ho,
+                              int64_t *block_tokens, int64_t *block_vocab,
+                              size_t *workspace_bytes, tl_error *err);
+
+/*
+ * Target logprobs (and optionally lse, entropy) of hidden states through
+ * the head, as tl_logprobs_multi of the logits hidden @ weight^T + bias
+ * (divided by opts->temperature). targets [rows, k], logprobs [rows, k],
+ * lse and entropy [rows] (may be NULL).
+ * Errors: as tl_logprobs_multi; TL_ERR_BAD_ROW names "hidden" and the row
+ * whose logits have NaN/+inf, are all -inf (a -inf bias masks an entry) or
+ * have a -inf target.
+ */
+TL_API tl_status tl_head_logprobs(const tl_head *head,
+                                  const tl_hidden *hidden,
+                                  const int64_t *targets, int64_t k,
+                                  const tl_options *opts,
+                                  const tl_head_options *ho, float *logprobs,
+                                  float *lse, float *entropy, tl_error *err);
+
+/*
+ * Backward through the head for upstream g [rows, k] = dL/dlogprobs (from
+ * any loss, e.g. a custom one): with G = dL/dlogits (see
+ * tl_logprobs_backward_multi),
+ *   grad hidden = G @ weight,  grad weight = G^T @ hidden,
+ *   grad bias = column sums of G.
+ * grads->hidden, if not NULL, has one entry: the [rows, dim] output.
+ * The logits are recomputed blockwise; the forward pass is not needed.
+ * Errors: as tl_head_logprobs, plus TL_ERR_VALUE for a non-finite g or a
+ * gradient that overflows float32. On an error found in the data
+ * (TL_ERR_BAD_ROW, TL_ERR_VALUE for an overflow) the gradient outputs are
+ * unspecified.
+ */
+TL_API tl_status tl_head_backward(const tl_head *head,
+                                  const tl_hidden *hidden,
+                                  const int64_t *targets, int64_t k,
+                                  const float *g, const tl_options *opts,
+                                  const tl_head_options *ho,
+                                  const tl_head_grads *grads, tl_error *err);
+
+/*
+ * tl_forward_backward through the head: datum i's logits are
+ * hidden[i] @ weight^T + bias (hidden[i].rows == N_i; datum logits are
+ * ignored). Forward, loss and backward run in one pass over the blocks:
+ * with the whole vocabulary in a block, the three products hidden @ W^T,
+ * G @ W and G^T @ hidden are each computed once. logprobs and metrics as
+ * tl_forward_backward; grads may be NULL (forward only).
+ * Errors: as tl_forward_backward and tl_head_backward; err->arg names
+ * "data[i].hidden" for a bad row.
+ */
+TL_API tl_status tl_head_forward_backward(const tl_loss_config *cfg,
+                                          const tl_head *head,
+                                          const tl_datum *data,
+                                          const tl_hidden *hidden,
+                                          int64_t ndata,
+                                          const tl_options *opts,
+                                          const tl_head_options *ho,
+                                          float *const *logprobs,
+                                          const tl_head_grads *grads,
+                                          tl_metrics *metrics,
+                                          tl_error *err);
+
+/*
+ * tl_forward_backward_custom through the head: a forward pass, the
+ * callback, then tl_head_backward of its gradient over the batch (the
+ * same surrogate, weights, loss and metrics as there).
+ */
+TL_API tl_status tl_head_forward_backward_custom(
+    tl_custom_loss_fn fn, void *user, const tl_head *head,
+    const tl_datum *data, const tl_hidden *hidden, int64_t ndata,
+    const tl_options *opts, const tl_head_options *ho,
+    float *const *logprobs, const tl_head_grads *grads,
+    float *const *weights, double *custom_loss, tl_metrics *metrics,
+    tl_error *err);
+
+/* ------------------------------------------------------------------------ */
 /* KL estimators and RL helpers                                              */
 /* ------------------------------------------------------------------------ */
 

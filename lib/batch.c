@@ -351,8 +351,9 @@ done:
     return s;
 }
 
-tl_status tl__merge_metrics(tl_metrics *dst, const tl_metrics *src,
-                            tl_error *err)
+/* Merge the callback's metrics after ours (theirs win on equal names). */
+static tl_status merge_metrics(tl_metrics *dst, const tl_metrics *src,
+                               tl_error *err)
 {
     for (int i = 0; i < src->count && i < TL_MAX_METRICS; i++)
         if (tl_metrics_set(dst, src->items[i].name, src->items[i].value))
@@ -363,9 +364,11 @@ tl_status tl__merge_metrics(tl_metrics *dst, const tl_metrics *src,
     return TL_OK;
 }
 
-tl_status tl__custom_surrogate(const tl_batch *b, const float *const *lpd,
-                               float *const *gd, double *surrogate,
-                               tl_error *err)
+/* The custom-loss surrogate: cross_entropy with weights w = -dC/dlp,
+ * whose loss is -sum(w lp) = sum(g lp) and whose gradient is g. */
+static tl_status custom_surrogate(const tl_batch *b, const float *const *lpd,
+                                  float *const *gd, double *surrogate,
+                                  tl_error *err)
 {
     double sum = 0.0;
     for (int64_t i = 0; i < b->ndata; i++)
@@ -382,6 +385,61 @@ tl_status tl__custom_surrogate(const tl_batch *b, const float *const *lpd,
         }
     *surrogate = sum;
     return TL_OK;
+}
+
+tl_status tl__custom_check_weights(const tl_batch *b, float *const *weights,
+                                   tl_error *err)
+{
+    for (int64_t i = 0; weights && i < b->ndata; i++)
+        if (b->shape[i].n > 0 && !weights[i])
+            return tl__fail(err, TL_ERR_NULL, "weights", i,
+                            "weights[%lld] is NULL", (long long)i);
+    return TL_OK;
+}
+
+tl_status tl__custom_call(tl_custom_loss_fn fn, void *user,
+                          const tl_datum *data, const tl_batch *b,
+                          const float *const *lpd, float *const *gd,
+                          double *c, tl_metrics *metrics, tl_error *err)
+{
+    tl_metrics *user_m = calloc(1, sizeof *user_m);
+    if (!user_m)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    tl_status s;
+    double surrogate = 0.0;
+    *c = NAN;
+    if (err)
+        tl__ok(err);
+    s = fn(user, data, b->ndata, lpd, c, gd, user_m, err);
+    if (s) {
+        if (!err || err->status == TL_OK)
+            tl__fail(err, s, "fn", -1, "custom loss callback failed: %s",
+                     tl_strerror(s));
+    } else if (!isfinite(*c)) {
+        s = tl__fail(err, TL_ERR_CALLBACK, "loss", -1,
+                     "custom loss returned a non-finite loss %g", *c);
+    } else if (!(s = custom_surrogate(b, lpd, gd, &surrogate, err)) &&
+               metrics) {
+        memset(metrics, 0, sizeof *metrics);
+        tl_metrics_set(metrics, "loss:sum", surrogate);
+        tl_metrics_set(metrics, "tokens:sum", (double)b->tok_off[b->ndata]);
+        s = merge_metrics(metrics, user_m, err);
+    }
+    free(user_m);
+    return s;
+}
+
+void tl__custom_outputs(const tl_batch *b, const float *const *lpd,
+                        float *const *gd, float *const *logprobs,
+                        float *const *weights)
+{
+    for (int64_t i = 0; i < b->ndata; i++)
+        for (int64_t t = 0; t < b->tok_off[i + 1] - b->tok_off[i]; t++) {
+            if (logprobs)
+                logprobs[i][t] = lpd[i][t];
+            if (weights)
+                weights[i][t] = -gd[i][t];
+        }
 }
 
 tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
@@ -401,64 +459,24 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__batch_init(&b, NULL, data, ndata, 1, logprobs, grads, err)))
         return s;
-    for (int64_t i = 0; weights && i < ndata; i++)
-        if (b.shape[i].n > 0 && !weights[i]) {
-            tl__batch_free(&b);
-            return tl__fail(err, TL_ERR_NULL, "weights", i,
-                            "weights[%lld] is NULL", (long long)i);
-        }
-    const int64_t toks = b.tok_off[ndata];
+    if ((s = tl__custom_check_weights(&b, weights, err))) {
+        tl__batch_free(&b);
+        return s;
+    }
     fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
-    tl_metrics *user_m = calloc(1, sizeof *user_m);
-    if (!user_m) {
-        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-        goto done;
+    double c;
+    /* forward: the logprobs the callback sees; the callback; then its
+     * gradient chained to the logits */
+    if (!(s = fwd_run(&f, data, &b, &o, 0, grads, err)) &&
+        !(s = tl__custom_call(fn, user, data, &b, f.lpd, f.gd, &c, metrics,
+                              err)) &&
+        !(s = bwd_run(&f, data, &b, &o, grads, err))) {
+        tl__custom_outputs(&b, f.lpd, f.gd, logprobs, weights);
+        if (custom_loss)
+            *custom_loss = c;
+        s = tl__ok(err);
     }
-    /* forward: the logprobs the callback sees */
-    if ((s = fwd_run(&f, data, &b, &o, 0, grads, err)))
-        goto done;
-    double c = NAN;
-    if (err)
-        tl__ok(err);
-    s = fn(user, data, ndata, f.lpd, &c, f.gd, user_m, err);
-    if (s) {
-        if (!err || err->status == TL_OK)
-            tl__fail(err, s, "fn", -1, "custom loss callback failed: %s",
-                     tl_strerror(s));
-        goto done;
-    }
-    if (!isfinite(c)) {
-        s = tl__fail(err, TL_ERR_CALLBACK, "loss", -1,
-                     "custom loss returned a non-finite loss %g", c);
-        goto done;
-    }
-    /* surrogate: cross_entropy with weights w = -dC/dlp, whose loss is
-     * -sum(w lp) = sum(g lp) and whose gradient is g */
-    double surrogate = 0.0;
-    if ((s = tl__custom_surrogate(&b, f.lpd, f.gd, &surrogate, err)))
-        goto done;
-    if (metrics) {
-        memset(metrics, 0, sizeof *metrics);
-        tl_metrics_set(metrics, "loss:sum", surrogate);
-        tl_metrics_set(metrics, "tokens:sum", (double)toks);
-        if ((s = tl__merge_metrics(metrics, user_m, err)))
-            goto done;
-    }
-    if ((s = bwd_run(&f, data, &b, &o, grads, err)))
-        goto done;
-    for (int64_t i = 0; i < ndata; i++)
-        for (int64_t t = 0; t < b.tok_off[i + 1] - b.tok_off[i]; t++) {
-            if (logprobs)
-                logprobs[i][t] = f.lpd[i][t];
-            if (weights)
-                weights[i][t] = -f.gd[i][t];
-        }
-    if (custom_loss)
-        *custom_loss = c;
-    s = tl__ok(err);
-done:
     fwd_free(&f);
-    free(user_m);
     tl__batch_free(&b);
     return s;
 }

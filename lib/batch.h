@@ -37,15 +37,20 @@ void tl__batch_finish(const tl_loss_config *cfg, const tl_datum *data,
                       const double *loss, const double *ent, int want_entropy,
                       float *const *logprobs, tl_metrics *metrics);
 
-/* Merge a custom loss callback's metrics after ours (theirs win on equal
- * names). */
-tl_status tl__merge_metrics(tl_metrics *dst, const tl_metrics *src,
-                            tl_error *err);
-
-/* The custom-loss surrogate: checks that every gd[i][t] is finite and
- * returns sum(gd * lpd) in *surrogate. */
-tl_status tl__custom_surrogate(const tl_batch *b, const float *const *lpd,
-                               float *const *gd, double *surrogate,
-                               tl_error *err);
+/* Custom losses: weights (may be NULL) must have a buffer per non-empty
+ * datum. */
+tl_status tl__custom_check_weights(const tl_batch *b, float *const *weights,
+                                   tl_error *err);
+/* Call fn on per-datum logprobs lpd (gd zeroed on entry receives its
+ * gradient), check its loss (*c) and gradient, and fill metrics with the
+ * surrogate's loss:sum, tokens:sum and the callback's metrics. */
+tl_status tl__custom_call(tl_custom_loss_fn fn, void *user,
+                          const tl_datum *data, const tl_batch *b,
+                          const float *const *lpd, float *const *gd,
+                          double *c, tl_metrics *metrics, tl_error *err);
+/* logprobs[i] = lpd[i], weights[i] = -gd[i] (either may be NULL). */
+void tl__custom_outputs(const tl_batch *b, const float *const *lpd,
+                        float *const *gd, float *const *logprobs,
+                        float *const *weights);
 
 #endif

@@ -1,0 +1,1125 @@
+/* The output projection: logprobs, losses and gradients from hidden states
+ * through the unembedding weight, in blocks of tokens and vocabulary with
+ * OpenBLAS sgemm, never holding the [N, V] logits.
+ *
+ * One token block of nb rows goes through:
+ *   pass 1  for each vocabulary block: L = Hb @ W[vb]^T + b[vb] (sgemm in
+ *           chunks of HEAD_CHUNK vocabulary rows), then the row statistics
+ *           of L (kern->stats) merged over the blocks;
+ *   rows    logprobs, the upstream gradient g (a loss or given), and the
+ *           coefficients of the gradient row (tl__row_grad_plan);
+ *   pass 2  for each vocabulary block: L again (unless the block is the
+ *           whole vocabulary, whose logits are still in L), G = dL/dlogits
+ *           in place (kern->grad), then
+ *             grad hidden += G @ W[vb]   (in HEAD_PIECES pieces of the
+ *                                         vocabulary, summed in order)
+ *             grad W[vb] (+)= G^T @ Hb   (chunks of HEAD_CHUNK rows)
+ *             grad b[vb] (+)= column sums of G.
+ * Every piece of work is an independent sgemm whose shape depends on the
+ * block sizes only, run single-threaded by one thread of the team, so the
+ * results do not depend on the thread count. */
+#include "batch.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Vocabulary rows per sgemm of the logits and of grad W. */
+#define HEAD_CHUNK 2048
+/* grad hidden = G @ W over a vocabulary block is split into at most this
+ * many pieces of at least HEAD_MIN_PIECE rows, each its own sgemm. */
+#define HEAD_PIECES 8
+#define HEAD_MIN_PIECE 1024
+/* Chosen token blocks. */
+#define HEAD_TOKENS 256
+#define HEAD_MIN_TOKENS 32
+/* Smallest vocabulary block. */
+#define HEAD_MIN_VOCAB 16
+#define HEAD_ALIGN 64
+
+/* ---- OpenBLAS threading ------------------------------------------------- */
+
+/* OpenBLAS must run single-threaded inside the team. Its OpenMP build
+ * does so when the calling thread's nthreads ICV is 1 (set per worker, see
+ * blas_worker); its pthreads build only has the global thread count,
+ * which is held at 1 while any call is running and then restored. */
+static pthread_mutex_t blas_mu = PTHREAD_MUTEX_INITIALIZER;
+static int blas_users;
+static int blas_saved;
+
+static void blas_enter(void)
+{
+    if (openblas_get_parallel() != 1)
+        return;
+    pthread_mutex_lock(&blas_mu);
+    if (blas_users++ == 0) {
+        blas_saved = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&blas_mu);
+}
+
+static void blas_leave(void)
+{
+    if (openblas_get_parallel() != 1)
+        return;
+    pthread_mutex_lock(&blas_mu);
+    if (--blas_users == 0)
+        openblas_set_num_threads(blas_saved);
+    pthread_mutex_unlock(&blas_mu);
+}
+
+/* Called by every thread of the team before its first sgemm. */
+static void blas_worker(void)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(1); /* this implicit task only */
+#endif
+}
+
+/* ---- options and plan --------------------------------------------------- */
+
+tl_head_options tl_head_options_default(void)
+{
+    tl_head_options o;
+    o.workspace_bytes = TL_HEAD_DEFAULT_WORKSPACE;
+    o.block_tokens = 0;
+    o.block_vocab = 0;
+    return o;
+}
+
+static int64_t round_up(int64_t x, int64_t m)
+{
+    return (x + m - 1) / m * m;
+}
+
+/* Row stride of the logits block: a multiple of 16 floats that is not a
+ * multiple of 1024 (rows 4 KiB apart alias in the caches). */
+static int64_t block_ld(int64_t bv)
+{
+    int64_t ld = round_up(bv, 16);
+    if (ld % 1024 == 0)
+        ld += 16;
+    return ld;
+}
+
+/* Pieces of grad hidden over a vocabulary block of bv entries. */
+static int64_t piece_len(int64_t bv)
+{
+    int64_t pl = round_up((bv + HEAD_PIECES - 1) / HEAD_PIECES, 16);
+    return pl < HEAD_MIN_PIECE ? HEAD_MIN_PIECE : pl;
+}
+
+/* Workspace of one call, as segments of one allocation. */
+typedef struct head_ws {
+    size_t logits, hid, part, gh, max, sum, wsum, xt, coef, fix, total;
+} head_ws;
+
+static size_t seg(size_t *at, size_t bytes)
+{
+    const size_t off = *at;
+    *at += (bytes + HEAD_ALIGN - 1) / HEAD_ALIGN * HEAD_ALIGN;
+    return off;
+}
+
+/* Layout for nb tokens, bv vocabulary entries, dimension d, k targets;
+ * with_gh: grad hidden is wanted. Returns 0, or -1 if it overflows. */
+static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
+                     int with_gh, head_ws *w)
+{
+    const int64_t pieces = with_gh ? (bv + piece_len(bv) - 1) / piece_len(bv)
+                                   : 0;
+    const double est = 4.0 * (double)nb *
+                           ((double)block_ld(bv) + (double)d * (2 + pieces)) +
+                       (double)nb * (64.0 + 16.0 * (double)k);
+    if (est > (double)SIZE_MAX / 2)
+        return -1;
+    size_t at = 0;
+    const size_t n = (size_t)nb;
+    w->logits = seg(&at, n * (size_t)block_ld(bv) * sizeof(float));
+    w->hid = seg(&at, n * (size_t)d * sizeof(float));
+    w->part = seg(&at, (size_t)pieces * n * (size_t)d * sizeof(float));
+    w->gh = seg(&at, with_gh ? n * (size_t)d * sizeof(float) : 0);
+    w->max = seg(&at, n * sizeof(float));
+    w->sum = seg(&at, n * sizeof(double));
+    w->wsum = seg(&at, n * sizeof(double));
+    w->xt = seg(&at, n * (size_t)k * sizeof(float));
+    w->coef = seg(&at, n * sizeof(tl_gradcoef));
+    w->fix = seg(&at, n * (size_t)k * sizeof(float));
+    w->total = at + HEAD_ALIGN; /* alignment of the base */
+    return 0;
+}
+
+static size_t ws_bytes(int64_t nb, int64_t bv, int64_t d, int64_t k,
+                       int with_gh)
+{
+    head_ws w;
+    return ws_layout(nb, bv, d, k, with_gh, &w) ? SIZE_MAX : w.total;
+}
+
+static tl_status check_head(const tl_head *h, tl_error *err)
+{
+    if (!h)
+        return tl__fail(err, TL_ERR_NULL, "head", -1, "head is NULL");
+    if (h->vocab < 1 || h->dim < 1)
+        return tl__fail(err, TL_ERR_SIZE, "head", -1,
+                        "head.vocab (%lld) and head.dim (%lld) must be >= 1",
+                        (long long)h->vocab, (long long)h->dim);
+    if (h->stride < h->dim)
+        return tl__fail(err, TL_ERR_SIZE, "head.stride", -1,
+                        "head.stride %lld is less than head.dim %lld",
+                        (long long)h->stride, (long long)h->dim);
+    if (h->vocab > INT32_MAX || h->stride > INT32_MAX)
+        return tl__fail(err, TL_ERR_SIZE, "head", -1,
+                        "head.vocab and head.stride must fit OpenBLAS's "
+                        "32-bit sizes");
+    if ((h->vocab - 1) > (PTRDIFF_MAX / 4 - h->dim) / h->stride)
+        return tl__fail(err, TL_ERR_SIZE, "head", -1,
+                        "head: vocab %lld x stride %lld overflows the "
+                        "address space", (long long)h->vocab,
+                        (long long)h->stride);
+    if (!h->weight)
+        return tl__fail(err, TL_ERR_NULL, "head.weight", -1,
+                        "head.weight is NULL");
+    return TL_OK;
+}
+
+static tl_status check_hidden(const tl_hidden *hd, const tl_head *h,
+                              int64_t rows, const char *name, tl_error *err)
+{
+    if (!hd)
+        return tl__fail(err, TL_ERR_NULL, name, -1, "%s is NULL", name);
+    if (hd->rows != rows)
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s has %lld rows, expected %lld (one per target "
+                        "position)", name, (long long)hd->rows,
+                        (long long)rows);
+    if (rows == 0)
+        return TL_OK;
+    if (hd->stride < h->dim)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s.stride %lld is less than head.dim %lld", name,
+                        (long long)hd->stride, (long long)h->dim);
+    if ((rows - 1) > (PTRDIFF_MAX / 4 - h->dim) / hd->stride)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s: rows %lld x stride %lld overflows the address "
+                        "space", name, (long long)rows,
+                        (long long)hd->stride);
+    if (!hd->data)
+        return tl__fail(err, TL_ERR_NULL, name, -1,
+                        "%s.data is NULL with %lld rows", name,
+                        (long long)rows);
+    return TL_OK;
+}
+
+/* Blocks for rows tokens of k targets (with_gh: grad hidden wanted). */
+static tl_status plan(const tl_head *h, int64_t rows, int64_t k,
+                      const tl_head_options *ho_in, int with_gh,
+                      int64_t *bt_out, int64_t *bv_out, size_t *ws_out,
+                      tl_error *err)
+{
+    const tl_head_options ho = ho_in ? *ho_in : tl_head_options_default();
+    const int64_t v = h->vocab, d = h->dim, n = rows < 1 ? 1 : rows;
+    if (ho.block_tokens < 0 || ho.block_vocab < 0)
+        return tl__fail(err, TL_ERR_SIZE, "ho", -1,
+                        "block_tokens (%lld) and block_vocab (%lld) must be "
+                        ">= 0", (long long)ho.block_tokens,
+                        (long long)ho.block_vocab);
+    const size_t budget = ho.workspace_bytes;
+    int64_t bt = ho.block_tokens, bv = ho.block_vocab;
+    if (bt > n)
+        bt = n;
+    if (bv > v)
+        bv = v;
+    if (bt > INT32_MAX)
+        bt = INT32_MAX;
+    const int64_t tmin = n < HEAD_MIN_TOKENS ? n : HEAD_MIN_TOKENS;
+    const int64_t vmin = v < HEAD_MIN_VOCAB ? v : HEAD_MIN_VOCAB;
+    if (bt == 0) {
+        /* as many tokens as fit, up to HEAD_TOKENS; with the whole
+         * vocabulary if that leaves at least tmin tokens, else tmin tokens
+         * and a vocabulary block */
+        const int64_t vv = bv ? bv : v;
+        bt = n < HEAD_TOKENS ? n : HEAD_TOKENS;
+        while (bt > 1 && ws_bytes(bt, vv, d, k, with_gh) > budget)
+            bt--;
+        if (bv == 0 && bt < tmin)
+            bt = tmin;
+    }
+    if (bv == 0) {
+        /* the largest vocabulary block that fits with bt tokens */
+        int64_t lo = vmin, hi = v;
+        if (ws_bytes(bt, lo, d, k, with_gh) > budget)
+            hi = lo - 1;
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo + 1) / 2;
+            if (ws_bytes(bt, mid, d, k, with_gh) <= budget)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        bv = hi >= vmin ? hi : vmin;
+    }
+    const size_t need = ws_bytes(bt, bv, d, k, with_gh);
+    if (need > budget)
+        return tl__fail(err, TL_ERR_SIZE, "workspace_bytes", -1,
+                        "blocks of %lld tokens x %lld vocabulary entries "
+                        "need %zu bytes of workspace, more than "
+                        "workspace_bytes = %zu", (long long)bt,
+                        (long long)bv, need, budget);
+    *bt_out = bt;
+    *bv_out = bv;
+    *ws_out = need;
+    return TL_OK;
+}
+
+tl_status tl_head_plan(const tl_head *head, int64_t rows, int64_t k,
+                       const tl_head_options *ho, int64_t *block_tokens,
+                       int64_t *block_vocab, size_t *workspace_bytes,
+                       tl_error *err)
+{
+    tl_status s;
+    if ((s = check_head(head, err)))
+        return s;
+    if (rows < 0 || k < 1 || k > TL_MAX_TARGETS)
+        return tl__fail(err, TL_ERR_SIZE, "rows", -1,
+                        "rows (%lld) must be >= 0 and k (%lld) in [1, %d]",
+                        (long long)rows, (long long)k, TL_MAX_TARGETS);
+    int64_t bt, bv;
+    size_t ws;
+    if ((s = plan(head, rows, k, ho, 1, &bt, &bv, &ws, err)))
+        return s;
+    if (block_tokens)
+        *block_tokens = bt;
+    if (block_vocab)
+        *block_vocab = bv;
+    if (workspace_bytes)
+        *workspace_bytes = ws;
+    return tl__ok(err);
+}
+
+/* ---- the engine ----------------------------------------------------------- */
+
+/* One token position. */
+typedef struct hrow {
+    const float *h;     /* hidden row */
+    const int64_t *tok; /* its k targets */
+    int64_t k;
+    int64_t t0;         /* first index in the per-token arrays */
+    float *gh;          /* grad hidden row, or NULL */
+} hrow;
+
+typedef struct head_job head_job;
+
+/* Upstream gradient g[k] of row r from its logprobs lp[k]; returns 0, or
+ * 3 if the loss overflows. */
+typedef int (*head_g_fn)(const head_job *job, int64_t r, const double *lp,
+                         double *g);
+
+struct head_job {
+    const tl_head *head;
+    const hrow *row;
+    int64_t rows, kmax;
+    double temperature;
+    int want_entropy;
+    head_g_fn gfn;              /* NULL: forward only */
+    void *ctx;
+    const tl_head_grads *grads; /* NULL: forward only */
+    int64_t bt, bv;
+    /* results */
+    double *lp;                 /* per token */
+    double *lse, *ent;          /* per row, or NULL */
+    unsigned char *bad;         /* per row: 1 bad logits, 2 gradient or
+                                   3 loss overflow */
+};
+
+/* L[0:nb, 0:len] = Hb @ W[v0:v0+len]^T + b[v0:v0+len], chunk by chunk. */
+static void logits_block(const head_job *job, const float *hb, int64_t nb,
+                         int64_t v0, int64_t len, float *L, int64_t ld)
+{
+    const tl_head *h = job->head;
+    const int64_t nch = (len + HEAD_CHUNK - 1) / HEAD_CHUNK;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t c0 = c * HEAD_CHUNK;
+        const int64_t cl = len - c0 < HEAD_CHUNK ? len - c0 : HEAD_CHUNK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)cl,
+                    (int)h->dim, 1.0f, hb, (int)h->dim,
+                    h->weight + (size_t)(v0 + c0) * (size_t)h->stride,
+                    (int)h->stride, 0.0f, L + c0, (int)ld);
+        if (h->bias)
+            for (int64_t i = 0; i < nb; i++) {
+                float *x = L + (size_t)i * (size_t)ld + c0;
+                const float *b = h->bias + v0 + c0;
+                for (int64_t j = 0; j < cl; j++)
+                    x[j] += b[j];
+            }
+    }
+}
+
+/* Per-row state of a token block, in the workspace. */
+typedef struct rowstate {
+    float *max;
+    double *sum, *wsum;
+    float *xt;          /* [nb, kmax] target logits */
+    tl_gradcoef *coef;
+    float *fix;         /* [nb, kmax] target gradient values */
+} rowstate;
+
+/* Merge the statistics of row i's segment [v0, v0 + len) (x) into st. */
+static void row_stats(const head_job *job, const tl_kernels *kern,
+                      const rowstate *st, int64_t i, const hrow *hr,
+                      const float *x, int64_t v0, int64_t len, float inv_t)
+{
+    tl_rowstats s;
+    kern->stats[TL_F32](x, len, inv_t, job->want_entropy, NULL, NULL, &s);
+    for (int64_t q = 0; q < hr->k; q++)
+        if (hr->tok[q] >= v0 && hr->tok[q] < v0 + len)
+            st->xt[i * job->kmax + q] = x[hr->tok[q] - v0];
+    if (v0 == 0) {
+        st->max[i] = -INFINITY;
+        st->sum[i] = st->wsum[i] = 0.0;
+    }
+    if (s.bad) {
+        st->max[i] = NAN;
+        return;
+    }
+    const float m0 = st->max[i];
+    if (s.max == -INFINITY || isnan(m0))
+        return;
+    if (m0 == -INFINITY) {
+        st->max[i] = s.max;
+        st->sum[i] = s.sum;
+        st->wsum[i] = s.wsum;
+        return;
+    }
+    /* both relative to the larger maximum m: a term relative to m_b is
+     * scaled by e^delta, delta = (m_b - m) / T, and its W gains delta S */
+    const float m = m0 > s.max ? m0 : s.max;
+    const double c = (double)tl__log2e_scale(inv_t);
+    const double d0 = ((double)m0 - (double)m) * (double)inv_t;
+    const double d1 = ((double)s.max - (double)m) * (double)inv_t;
+    const double e0 = exp2(((double)m0 - (double)m) * c);
+    const double e1 = exp2(((double)s.max - (double)m) * c);
+    st->wsum[i] = e0 * (st->wsum[i] + d0 * st->sum[i]) +
+                  e1 * (s.wsum + d1 * s.sum);
+    st->sum[i] = e0 * st->sum[i] + e1 * s.sum;
+    st->max[i] = m;
+}
+
+/* Row i (global row r) after its whole vocabulary: logprobs, lse,
+ * entropy, then g and the gradient plan when backward. */
+static void row_finish(const head_job *job, const rowstate *st, int64_t i,
+                       int64_t r, float inv_t)
+{
+    const hrow *hr = &job->row[r];
+    const float m = st->max[i];
+    if (isnan(m) || m == -INFINITY) {
+        job->bad[r] = 1;
+        return;
+    }
+    tl_rowresult rr;
+    rr.max = m;
+    rr.inv_t = inv_t;
+    rr.sum = st->sum[i];
+    rr.log_sum = log(rr.sum);
+    rr.lse = (double)m / job->temperature + rr.log_sum;
+    rr.entropy = job->want_entropy ? rr.log_sum - st->wsum[i] / rr.sum : 0.0;
+    rr.scratch = NULL;
+    double *lp = job->lp + hr->t0;
+    for (int64_t q = 0; q < hr->k; q++) {
+        const float xt = st->xt[i * job->kmax + q];
+        if (xt == -INFINITY) {
+            job->bad[r] = 1;
+            return;
+        }
+        lp[q] = ((double)xt - (double)m) / job->temperature - rr.log_sum;
+    }
+    if (job->lse)
+        job->lse[r] = rr.lse;
+    if (job->ent)
+        job->ent[r] = rr.entropy;
+    if (!job->gfn)
+        return;
+    double g[TL_MAX_TARGETS];
+    const int code = job->gfn(job, r, lp, g);
+    if (code) {
+        job->bad[r] = (unsigned char)code;
+        return;
+    }
+    if (job->grads &&
+        tl__row_grad_plan(&rr, hr->tok, hr->k, job->temperature, lp, g, 0,
+                          0.0, &st->coef[i], st->fix + i * job->kmax))
+        job->bad[r] = 2;
+}
+
+/* G in place over row i's segment [v0, v0 + len). */
+static void row_grad(const head_job *job, const tl_kernels *kern,
+                     const rowstate *st, int64_t i, const hrow *hr, float *x,
+                     int64_t v0, int64_t len)
+{
+    kern->grad[TL_F32][TL_F32](x, len, &st->coef[i], x, 0, len);
+    for (int64_t q = 0; q < hr->k; q++)
+        if (hr->tok[q] >= v0 && hr->tok[q] < v0 + len)
+            x[hr->tok[q] - v0] = st->fix[i * job->kmax + q];
+}
+
+/* grad W[v0:v0+len] (+)= G^T @ Hb and grad b likewise. */
+static void grad_weight(const head_job *job, const float *G, int64_t ld,
+                        const float *hb, int64_t nb, int64_t v0, int64_t len,
+                        int add)
+{
+    const tl_head *h = job->head;
+    const tl_head_grads *gr = job->grads;
+    const int64_t d = h->dim, nch = (len + HEAD_CHUNK - 1) / HEAD_CHUNK;
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t c0 = c * HEAD_CHUNK;
+        const int64_t cl = len - c0 < HEAD_CHUNK ? len - c0 : HEAD_CHUNK;
+        if (gr->weight)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cl,
+                        (int)d, (int)nb, 1.0f, G + c0, (int)ld, hb, (int)d,
+                        add ? 1.0f : 0.0f,
+                        gr->weight + (size_t)(v0 + c0) * (size_t)d, (int)d);
+        if (gr->bias) {
+            double acc[HEAD_CHUNK];
+            for (int64_t j = 0; j < cl; j++)
+                acc[j] = 0.0;
+            for (int64_t i = 0; i < nb; i++) {
+                const float *g = G + (size_t)i * (size_t)ld + c0;
+                for (int64_t j = 0; j < cl; j++)
+                    acc[j] += (double)g[j];
+            }
+            float *b = gr->bias + v0 + c0;
+            for (int64_t j = 0; j < cl; j++)
+                b[j] = add ? (float)((double)b[j] + acc[j]) : (float)acc[j];
+        }
+    }
+}
+
+/* part[p] = G[:, piece p] @ W[piece p] for the pieces of [v0, v0+len). */
+static void grad_hidden_pieces(const head_job *job, const float *G,
+                               int64_t ld, int64_t nb, int64_t v0,
+                               int64_t len, float *part)
+{
+    const tl_head *h = job->head;
+    const int64_t d = h->dim, pl = piece_len(len);
+    const int64_t np = (len + pl - 1) / pl;
+#pragma omp for schedule(static) nowait
+    for (int64_t p = 0; p < np; p++) {
+        const int64_t p0 = p * pl, plen = len - p0 < pl ? len - p0 : pl;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb,
+                    (int)d, (int)plen, 1.0f, G + p0, (int)ld,
+                    h->weight + (size_t)(v0 + p0) * (size_t)h->stride,
+                    (int)h->stride, 0.0f,
+                    part + (size_t)p * (size_t)job->bt * (size_t)d, (int)d);
+    }
+}
+
+/* gh (+)= sum of the pieces in order, row by row. */
+static void grad_hidden_sum(const head_job *job, const float *part,
+                            int64_t np, int64_t nb, float *gh, int add)
+{
+    const int64_t d = job->head->dim;
+    const size_t pstride = (size_t)job->bt * (size_t)d;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nb; i++) {
+        float *out = gh + (size_t)i * (size_t)d;
+        const float *p0 = part + (size_t)i * (size_t)d;
+        for (int64_t c = 0; c < d; c++) {
+            float v = p0[c];
+            for (int64_t p = 1; p < np; p++)
+                v += p0[(size_t)p * pstride + c];
+            out[c] = add ? out[c] + v : v;
+        }
+    }
+}
+
+/* Run the job; returns TL_OK (check job->bad) or TL_ERR_NOMEM. *stop_row
+ * receives the lowest bad row, or -1. */
+static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
+                          tl_error *err)
+{
+    const tl_head *h = job->head;
+    const int64_t d = h->dim, v = h->vocab, bt = job->bt, bv = job->bv;
+    const tl_head_grads *gr = job->grads;
+    const int with_gh = gr && gr->hidden;
+    head_ws w;
+    *stop_row = -1;
+    if (ws_layout(bt, bv, d, job->kmax, with_gh, &w))
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "workspace too large");
+    char *mem = malloc(w.total);
+    if (!mem)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1,
+                        "cannot allocate a workspace of %zu bytes", w.total);
+    char *base = mem + (HEAD_ALIGN - (uintptr_t)mem % HEAD_ALIGN) % HEAD_ALIGN;
+    float *L = (float *)(base + w.logits), *hb = (float *)(base + w.hid);
+    float *part = (float *)(base + w.part), *ghb = (float *)(base + w.gh);
+    const rowstate st = {(float *)(base + w.max), (double *)(base + w.sum),
+                         (double *)(base + w.wsum), (float *)(base + w.xt),
+                         (tl_gradcoef *)(base + w.coef),
+                         (float *)(base + w.fix)};
+    const int64_t ld = block_ld(bv), nvb = (v + bv - 1) / bv;
+    const int64_t ntb = (job->rows + bt - 1) / bt;
+    const float inv_t = (float)(1.0 / job->temperature);
+    const tl_kernels *kern = tl__kernels();
+    int stop = 0;
+    /* a call over no tokens still clears the outputs it overwrites */
+    if (gr && !gr->accumulate && job->rows == 0) {
+        if (gr->weight)
+            memset(gr->weight, 0, (size_t)v * (size_t)d * sizeof(float));
+        if (gr->bias)
+            memset(gr->bias, 0, (size_t)v * sizeof(float));
+    }
+    blas_enter();
+#pragma omp parallel num_threads(threads)
+    {
+        blas_worker();
+        for (int64_t tb = 0; tb < ntb && !stop; tb++) {
+            const int64_t r0 = tb * bt;
+            const int64_t nb = job->rows - r0 < bt ? job->rows - r0 : bt;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < nb; i++)
+                memcpy(hb + (size_t)i * (size_t)d, job->row[r0 + i].h,
+                       (size_t)d * sizeof(float));
+            /* pass 1 */
+            for (int64_t vb = 0; vb < nvb; vb++) {
+                const int64_t v0 = vb * bv, len = v - v0 < bv ? v - v0 : bv;
+                logits_block(job, hb, nb, v0, len, L, ld);
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < nb; i++) {
+                    const hrow *hr = &job->row[r0 + i];
+                    float *x = L + (size_t)i * (size_t)ld;
+                    row_stats(job, kern, &st, i, hr, x, v0, len, inv_t);
+                    if (nvb > 1)
+                        continue;
+                    /* the whole row is here: finish it while in cache */
+                    row_finish(job, &st, i, r0 + i, inv_t);
+                    if (gr && !job->bad[r0 + i])
+                        row_grad(job, kern, &st, i, hr, x, 0, len);
+                }
+            }
+            if (nvb > 1) {
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < nb; i++)
+                    row_finish(job, &st, i, r0 + i, inv_t);
+            }
+#pragma omp single
+            for (int64_t i = 0; i < nb && !stop; i++)
+                if (job->bad[r0 + i]) {
+                    stop = 1;
+                    *stop_row = r0 + i;
+                }
+            if (stop || !gr)
+                continue;
+            /* pass 2 */
+            for (int64_t vb = 0; vb < nvb; vb++) {
+                const int64_t v0 = vb * bv, len = v - v0 < bv ? v - v0 : bv;
+                if (nvb > 1) {
+                    logits_block(job, hb, nb, v0, len, L, ld);
+#pragma omp for schedule(static)
+                    for (int64_t i = 0; i < nb; i++)
+                        row_grad(job, kern, &st, i, &job->row[r0 + i],
+                                 L + (size_t)i * (size_t)ld, v0, len);
+                }
+                if (with_gh)
+                    grad_hidden_pieces(job, L, ld, nb, v0, len, part);
+                if (gr->weight || gr->bias)
+                    grad_weight(job, L, ld, hb, nb, v0, len,
+                                gr->accumulate || tb > 0);
+#pragma omp barrier
+                if (with_gh)
+                    grad_hidden_sum(job, part,
+                                    (len + piece_len(len) - 1) /
+                                        piece_len(len),
+                                    nb, ghb, vb > 0);
+            }
+            if (with_gh) {
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < nb; i++) {
+                    float *out = job->row[r0 + i].gh;
+                    const float *src = ghb + (size_t)i * (size_t)d;
+                    for (int64_t c = 0; c < d; c++)
+                        out[c] = gr->accumulate ? out[c] + src[c] : src[c];
+                }
+            }
+        }
+    }
+    blas_leave();
+    free(mem);
+    return TL_OK;
+}
+
+/* ---- entry points ----------------------------------------------------- */
+
+/* Thread count of a call: the team never exceeds the vocabulary chunks
+ * of a block, the widest split of the work. */
+static int head_threads(const tl_options *o, int64_t bv)
+{
+    return tl__threads(o, (bv + HEAD_CHUNK - 1) / HEAD_CHUNK + 1);
+}
+
+static tl_status bad_row_error(const head_job *job, int64_t r,
+                               const char *name, int64_t row, tl_error *err)
+{
+    if (job->bad[r] == 2)
+        return tl__fail(err, TL_ERR_VALUE, name, row,
+                        "the gradient of %s row %lld overflows float32 "
+                        "(temperature = %g)", name, (long long)row,
+                        job->temperature);
+    return tl__fail(err, TL_ERR_BAD_ROW, name, row,
+                    "the logits of %s row %lld (hidden @ weight^T + bias) "
+                    "have a NaN or +inf, are all -inf, or a target's is "
+                    "-inf", name, (long long)row);
+}
+
+/* g given per token (tl_head_backward). */
+static int given_g(const head_job *job, int64_t r, const double *lp,
+                   double *g)
+{
+    const float *gin = job->ctx;
+    const hrow *hr = &job->row[r];
+    (void)lp;
+    for (int64_t q = 0; q < hr->k; q++)
+        g[q] = (double)gin[hr->t0 + q];
+    return 0;
+}
+
+/* A single [rows, dim] hidden matrix as rows of a job. */
+static tl_status single_rows(const tl_hidden *hidden, const int64_t *targets,
+                             int64_t k, int64_t dim, float *gh, hrow **out,
+                             tl_error *err)
+{
+    const int64_t n = hidden->rows;
+    hrow *row = malloc((size_t)(n + 1) * sizeof *row);
+    if (!row)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        row[i] = (hrow){hidden->data + (size_t)i * (size_t)hidden->stride,
+                        targets + i * k, k, i * k,
+                        gh ? gh + (size_t)i * (size_t)dim : NULL};
+    *out = row;
+    return TL_OK;
+}
+
+static tl_status check_single(const tl_head *head, const tl_hidden *hidden,
+                              const int64_t *targets, int64_t k,
+                              const tl_options *opts, tl_options *o,
+                              tl_error *err)
+{
+    tl_status s;
+    if ((s = tl__check_options(opts, o, err)) || (s = check_head(head, err)))
+        return s;
+    if (!hidden)
+        return tl__fail(err, TL_ERR_NULL, "hidden", -1, "hidden is NULL");
+    if (k < 1 || k > TL_MAX_TARGETS)
+        return tl__fail(err, TL_ERR_SIZE, "k", -1,
+                        "k (targets per row) must be in [1, %d], got %lld",
+                        TL_MAX_TARGETS, (long long)k);
+    if (hidden->rows < 0)
+        return tl__fail(err, TL_ERR_SIZE, "hidden.rows", -1,
+                        "hidden.rows must be >= 0, got %lld",
+                        (long long)hidden->rows);
+    if ((s = check_hidden(hidden, head, hidden->rows, "hidden", err)))
+        return s;
+    return tl__check_tokens(targets, hidden->rows * k, head->vocab,
+                            "targets", err);
+}
+
+tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
+                           const int64_t *targets, int64_t k,
+                           const tl_options *opts, const tl_head_options *ho,
+                           float *logprobs, float *lse, float *entropy,
+                           tl_error *err)
+{
+    tl_options o;
+    tl_status s;
+    if ((s = check_single(head, hidden, targets, k, opts, &o, err)))
+        return s;
+    const int64_t n = hidden->rows;
+    if (n > 0 && !logprobs)
+        return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
+                        "logprobs is NULL with %lld rows", (long long)n);
+    head_job job;
+    memset(&job, 0, sizeof job);
+    if ((s = plan(head, n, k, ho, 0, &job.bt, &job.bv, &(size_t){0}, err)))
+        return s;
+    if (n == 0)
+        return tl__ok(err);
+    hrow *row = NULL;
+    if ((s = single_rows(hidden, targets, k, head->dim, NULL, &row, err)))
+        return s;
+    job.head = head;
+    job.row = row;
+    job.rows = n;
+    job.kmax = k;
+    job.temperature = o.temperature;
+    job.want_entropy = entropy != NULL;
+    job.lp = malloc((size_t)(n * k) * sizeof *job.lp);
+    job.lse = malloc((size_t)n * sizeof *job.lse);
+    job.ent = malloc((size_t)n * sizeof *job.ent);
+    job.bad = calloc((size_t)n, 1);
+    int64_t stop = -1;
+    if (!job.lp || !job.lse || !job.ent || !job.bad)
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    else
+        s = head_run(&job, head_threads(&o, job.bv), &stop, err);
+    if (!s && stop >= 0)
+        s = bad_row_error(&job, stop, "hidden", stop, err);
+    if (!s) {
+        for (int64_t i = 0; i < n * k; i++)
+            logprobs[i] = (float)job.lp[i];
+        for (int64_t i = 0; i < n; i++) {
+            if (lse)
+                lse[i] = (float)job.lse[i];
+            if (entropy)
+                entropy[i] = (float)job.ent[i];
+        }
+        s = tl__ok(err);
+    }
+    free(job.lp);
+    free(job.lse);
+    free(job.ent);
+    free(job.bad);
+    free(row);
+    return s;
+}
+
+static tl_status check_grads(const tl_head_grads *gr, int64_t ndata,
+                             const int64_t *rows, tl_error *err)
+{
+    if (!gr || !gr->hidden)
+        return TL_OK;
+    for (int64_t i = 0; i < ndata; i++)
+        if (rows[i] > 0 && !gr->hidden[i])
+            return tl__fail(err, TL_ERR_NULL, "grads.hidden", i,
+                            "grads.hidden[%lld] is NULL", (long long)i);
+    return TL_OK;
+}
+
+/* Common part of the two backward entry points over rows already laid
+ * out: plan, run, report. */
+static tl_status run_backward(head_job *job, const tl_options *o,
+                              const tl_head_options *ho,
+                              const char *(*row_name)(const head_job *,
+                                                      int64_t, char *,
+                                                      int64_t *),
+                              tl_error *err)
+{
+    tl_status s;
+    size_t ws;
+    const int with_gh = job->grads && job->grads->hidden;
+    if ((s = plan(job->head, job->rows, job->kmax, ho, with_gh, &job->bt,
+                  &job->bv, &ws, err)))
+        return s;
+    int64_t stop = -1;
+    if ((s = head_run(job, head_threads(o, job->bv), &stop, err)))
+        return s;
+    if (stop >= 0 && job->bad[stop] != 3) {
+        char name[96];
+        int64_t row;
+        row_name(job, stop, name, &row);
+        return bad_row_error(job, stop, name, row, err);
+    }
+    return TL_OK;
+}
+
+static const char *single_name(const head_job *job, int64_t r, char *name,
+                               int64_t *row)
+{
+    (void)job;
+    snprintf(name, 96, "hidden");
+    *row = r;
+    return name;
+}
+
+static int wants_grads(const tl_head_grads *gr)
+{
+    return gr && (gr->hidden || gr->weight || gr->bias);
+}
+
+tl_status tl_head_backward(const tl_head *head, const tl_hidden *hidden,
+                           const int64_t *targets, int64_t k, const float *g,
+                           const tl_options *opts, const tl_head_options *ho,
+                           const tl_head_grads *grads, tl_error *err)
+{
+    tl_options o;
+    tl_status s;
+    if ((s = check_single(head, hidden, targets, k, opts, &o, err)))
+        return s;
+    const int64_t n = hidden->rows;
+    if ((s = tl__check_finite(g, n * k, "g", err)) ||
+        (s = check_grads(grads, 1, &n, err)))
+        return s;
+    if (!wants_grads(grads)) {
+        /* nothing to compute, but the options are still checked */
+        if ((s = plan(head, n, k, ho, 0, &(int64_t){0}, &(int64_t){0},
+                      &(size_t){0}, err)))
+            return s;
+        return tl__ok(err);
+    }
+    head_job job;
+    memset(&job, 0, sizeof job);
+    hrow *row = NULL;
+    if ((s = single_rows(hidden, targets, k, head->dim,
+                         grads->hidden ? grads->hidden[0] : NULL, &row, err)))
+        return s;
+    job.head = head;
+    job.row = row;
+    job.rows = n;
+    job.kmax = k;
+    job.temperature = o.temperature;
+    job.gfn = given_g;
+    job.ctx = (void *)g;
+    job.grads = grads;
+    job.lp = malloc((size_t)(n * k + 1) * sizeof *job.lp);
+    job.bad = calloc((size_t)n + 1, 1);
+    if (!job.lp || !job.bad)
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    else if (!(s = run_backward(&job, &o, ho, single_name, err)))
+        s = tl__ok(err);
+    free(job.lp);
+    free(job.bad);
+    free(row);
+    return s;
+}
+
+/* ---- batches of datums -------------------------------------------------- */
+
+typedef struct batch_ctx {
+    const tl_loss_config *cfg;
+    const tl_datum *data;
+    const tl_batch *b;
+    double *loss;     /* per token (loss batches) */
+    const float *g;   /* per token (custom backward) */
+} batch_ctx;
+
+static int loss_g(const head_job *job, int64_t r, const double *lp,
+                  double *g)
+{
+    const batch_ctx *bc = job->ctx;
+    const int64_t i = bc->b->row_datum[r], row = r - bc->b->row_off[i];
+    const int64_t k = bc->b->shape[i].k, t0 = job->row[r].t0;
+    int code = 0;
+    for (int64_t q = 0; q < k; q++) {
+        tl_tokin in;
+        tl__token_inputs(bc->cfg, &bc->data[i], row * k + q, k, &in);
+        tl__loss_token(bc->cfg, (double)(float)lp[q], &in,
+                       &bc->loss[t0 + q], &g[q]);
+        if (tl__loss_overflows(bc->loss[t0 + q], g[q]))
+            code = 3;
+    }
+    return code;
+}
+
+static int batch_given_g(const head_job *job, int64_t r, const double *lp,
+                         double *g)
+{
+    const batch_ctx *bc = job->ctx;
+    const hrow *hr = &job->row[r];
+    (void)lp;
+    for (int64_t q = 0; q < hr->k; q++)
+        g[q] = (double)bc->g[hr->t0 + q];
+    return 0;
+}
+
+static const char *batch_name(const head_job *job, int64_t r, char *name,
+                              int64_t *row)
+{
+    const batch_ctx *bc = job->ctx;
+    const int64_t i = bc->b->row_datum[r];
+    snprintf(name, 96, "data[%lld].hidden", (long long)i);
+    *row = r - bc->b->row_off[i];
+    return name;
+}
+
+/* Validate a head batch and lay out its rows and job (everything but the
+ * upstream gradient). */
+static tl_status batch_setup(const tl_loss_config *cfg, const tl_head *head,
+                             const tl_datum *data, const tl_hidden *hidden,
+                             int64_t ndata, const tl_options *opts,
+                             float *const *logprobs,
+                             const tl_head_grads *grads, tl_options *o,
+                             tl_batch *b, head_job *job, tl_error *err)
+{
+    tl_status s;
+    memset(job, 0, sizeof *job);
+    if ((s = tl__check_options(opts, o, err)) || (s = check_head(head, err)) ||
+        (s = tl__batch_init(b, cfg, data, ndata, 0, logprobs, NULL, err)))
+        return s;
+    const int64_t rows = b->row_off[ndata];
+    int64_t *nrows = malloc((size_t)(ndata + 1) * sizeof *nrows);
+    if (!nrows) {
+        tl__batch_free(b);
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    }
+    if (ndata > 0 && !hidden)
+        s = tl__fail(err, TL_ERR_NULL, "hidden", -1, "hidden is NULL");
+    for (int64_t i = 0; !s && i < ndata; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "data[%lld].hidden", (long long)i);
+        nrows[i] = b->shape[i].n;
+        const tl_datum_shape *sh = &b->shape[i];
+        if (!(s = check_hidden(&hidden[i], head, sh->n, name, err))) {
+            snprintf(name, sizeof name,
+                     "data[%lld].loss_fn_inputs.target_tokens", (long long)i);
+            s = tl__check_tokens(data[i].target_tokens.data, sh->n * sh->k,
+                                 head->vocab, name, err);
+        }
+    }
+    if (!s)
+        s = check_grads(grads, ndata, nrows, err);
+    free(nrows);
+    hrow *row = s ? NULL : malloc((size_t)(rows + 1) * sizeof *row);
+    if (!s && !row)
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    if (s) {
+        tl__batch_free(b);
+        return s;
+    }
+    job->kmax = 1;
+    for (int64_t i = 0; i < ndata; i++) {
+        const int64_t k = b->shape[i].k;
+        if (k > job->kmax)
+            job->kmax = k;
+        for (int64_t r = 0; r < b->shape[i].n; r++)
+            row[b->row_off[i] + r] = (hrow){
+                hidden[i].data + (size_t)r * (size_t)hidden[i].stride,
+                (const int64_t *)data[i].target_tokens.data + r * k, k,
+                b->tok_off[i] + r * k,
+                grads && grads->hidden
+                    ? grads->hidden[i] + (size_t)r * (size_t)head->dim
+                    : NULL};
+    }
+    job->head = head;
+    job->row = row;
+    job->rows = rows;
+    job->temperature = o->temperature;
+    return TL_OK;
+}
+
+tl_status tl_head_forward_backward(const tl_loss_config *cfg,
+                                   const tl_head *head, const tl_datum *data,
+                                   const tl_hidden *hidden, int64_t ndata,
+                                   const tl_options *opts,
+                                   const tl_head_options *ho,
+                                   float *const *logprobs,
+                                   const tl_head_grads *grads,
+                                   tl_metrics *metrics, tl_error *err)
+{
+    tl_options o;
+    tl_batch b;
+    head_job job;
+    tl_status s;
+    if ((s = batch_setup(cfg, head, data, hidden, ndata, opts, logprobs,
+                         grads, &o, &b, &job, err)))
+        return s;
+    const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
+    batch_ctx bc = {cfg, data, &b, NULL, NULL};
+    bc.loss = malloc((size_t)(toks + 1) * sizeof *bc.loss);
+    job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
+    job.ent = malloc((size_t)(rows + 1) * sizeof *job.ent);
+    job.bad = calloc((size_t)rows + 1, 1);
+    job.want_entropy = o.entropy;
+    job.gfn = loss_g;
+    job.ctx = &bc;
+    job.grads = wants_grads(grads) ? grads : NULL;
+    if (!bc.loss || !job.lp || !job.ent || !job.bad) {
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+        goto done;
+    }
+    if ((s = run_backward(&job, &o, ho, batch_name, err)))
+        goto done;
+    for (int64_t r = 0; r < rows; r++)
+        if (job.bad[r] == 3) {
+            s = tl__batch_overflow_error(cfg, data, &b, r, job.lp, err);
+            goto done;
+        }
+    tl__batch_finish(cfg, data, &b, job.lp, bc.loss, job.ent, o.entropy,
+                     logprobs, metrics);
+    s = tl__ok(err);
+done:
+    free(bc.loss);
+    free(job.lp);
+    free(job.ent);
+    free(job.bad);
+    free((void *)job.row);
+    tl__batch_free(&b);
+    return s;
+}
+
+tl_status tl_head_forward_backward_custom(
+    tl_custom_loss_fn fn, void *user, const tl_head *head,
+    const tl_datum *data, const tl_hidden *hidden, int64_t ndata,
+    const tl_options *opts, const tl_head_options *ho,
+    float *const *logprobs, const tl_head_grads *grads,
+    float *const *weights, double *custom_loss, tl_metrics *metrics,
+    tl_error *err)
+{
+    if (!fn)
+        return tl__fail(err, TL_ERR_NULL, "fn", -1, "fn is NULL");
+    tl_options o;
+    tl_batch b;
+    head_job job;
+    tl_status s;
+    if ((s = batch_setup(NULL, head, data, hidden, ndata, opts, logprobs,
+                         grads, &o, &b, &job, err)))
+        return s;
+    const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
+    if ((s = tl__custom_check_weights(&b, weights, err)))
+        goto out;
+    batch_ctx bc = {NULL, data, &b, NULL, NULL};
+    float *lpf = malloc((size_t)(toks + 1) * sizeof *lpf);
+    float *gf = calloc((size_t)toks + 1, sizeof *gf);
+    const float **lpd = malloc((size_t)(ndata + 1) * sizeof *lpd);
+    float **gd = malloc((size_t)(ndata + 1) * sizeof *gd);
+    job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
+    job.bad = calloc((size_t)rows + 1, 1);
+    job.ctx = &bc;
+    if (!lpf || !gf || !lpd || !gd || !job.lp || !job.bad) {
+        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+        goto done;
+    }
+    /* forward: the logprobs the callback sees */
+    if ((s = run_backward(&job, &o, ho, batch_name, err)))
+        goto done;
+    for (int64_t t = 0; t < toks; t++)
+        lpf[t] = (float)job.lp[t];
+    for (int64_t i = 0; i < ndata; i++) {
+        lpd[i] = lpf + b.tok_off[i];
+        gd[i] = gf + b.tok_off[i];
+    }
+    double c;
+    if ((s = tl__custom_call(fn, user, data, &b, lpd, gd, &c, metrics, err)))
+        goto done;
+    /* backward of the surrogate: dL/dlp = g */
+    if (wants_grads(grads)) {
+        bc.g = gf;
+        job.gfn = batch_given_g;
+        job.grads = grads;
+        if ((s = run_backward(&job, &o, ho, batch_name, err)))
+            goto done;
+    }
+    tl__custom_outputs(&b, lpd, gd, logprobs, weights);
+    if (custom_loss)
+        *custom_loss = c;
+    s = tl__ok(err);
+done:
+    free(lpf);
+    free(gf);
+    free(lpd);
+    free(gd);
+    free(job.lp);
+    free(job.bad);
+out:
+    free((void *)job.row);
+    tl__batch_free(&b);
+    return s;
+}
