@@ -5,6 +5,13 @@
  *             [--loss ppo|importance_sampling|cross_entropy|cispo|dro]
  *             [--threads T] [--isa scalar|avx2|avx512|auto] [--repeat R]
  *             [--json]
+ *   ppo_bench --head d [--tokens N] [--vocab V] [--mode fwd|fwdbwd]
+ *             [--loss NAME] [--threads T] [--repeat R] [--workspace MiB]
+ *             [--block-tokens B] [--block-vocab B] [--json]
+ *
+ * --head d runs the output projection instead (see head_bench.c): hidden
+ * states [N, d] through a [V, d] weight, fused against plain sgemm and
+ * against the unfused path.
  *
  * Without --dtype, --mode or --threads it runs every dtype, both modes and
  * 1 and all threads. Inputs come from a fixed seed: logits normal with
@@ -21,14 +28,12 @@
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "tinkerloss.h"
 
-#include <math.h>
+#include "bench_util.h"
+#include "head_bench.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 typedef struct cfg {
     int64_t n, v;
@@ -39,40 +44,9 @@ typedef struct cfg {
     const char *isa;
     int repeat;
     int json;
+    int64_t head; /* > 0: the output projection workload */
+    int64_t workspace_mib, block_tokens, block_vocab;
 } cfg;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static double uniform(void)
-{
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-}
-static double normal(void)
-{
-    const double u = uniform(), w = uniform();
-    return sqrt(-2.0 * log(u > 1e-300 ? u : 1e-300)) * cos(6.283185307179586 * w);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 /* ---- memory bandwidth --------------------------------------------------- */
 
@@ -273,13 +247,18 @@ static int usage(void)
             "usage: ppo_bench [--tokens N] [--vocab V] [--dtype f32|bf16]\n"
             "                 [--mode fwd|fwdbwd] [--loss NAME] [--threads T]\n"
             "                 [--isa scalar|avx2|avx512|auto] [--repeat R] "
-            "[--json]\n");
+            "[--json]\n"
+            "       ppo_bench --head d [--tokens N] [--vocab V] "
+            "[--mode fwd|fwdbwd]\n"
+            "                 [--loss NAME] [--threads T] [--repeat R]\n"
+            "                 [--workspace MiB] [--block-tokens B] "
+            "[--block-vocab B] [--json]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    cfg c = {512, 151936, -1, -1, 0, "ppo", "auto", 7, 0};
+    cfg c = {512, 151936, -1, -1, 0, "ppo", "auto", 0, 0, 0, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
@@ -297,6 +276,14 @@ int main(int argc, char **argv)
             c.repeat = atoi(val);
         else if (!strcmp(a, "--threads"))
             c.threads = atoi(val);
+        else if (!strcmp(a, "--head"))
+            c.head = atoll(val);
+        else if (!strcmp(a, "--workspace"))
+            c.workspace_mib = atoll(val);
+        else if (!strcmp(a, "--block-tokens"))
+            c.block_tokens = atoll(val);
+        else if (!strcmp(a, "--block-vocab"))
+            c.block_vocab = atoll(val);
         else if (!strcmp(a, "--loss"))
             c.loss = val;
         else if (!strcmp(a, "--isa"))
@@ -308,7 +295,10 @@ int main(int argc, char **argv)
         else
             return usage();
     }
-    if (c.n < 1 || c.v < 1 || c.repeat < 1 || c.threads < 0)
+    if (c.repeat == 0)
+        c.repeat = c.head > 0 ? 3 : 7;
+    if (c.n < 1 || c.v < 1 || c.repeat < 1 || c.threads < 0 || c.head < 0 ||
+        c.workspace_mib < 0 || c.block_tokens < 0 || c.block_vocab < 0)
         return usage();
     if (strcmp(c.isa, "auto") != 0) {
         tl_isa isa;
@@ -317,6 +307,20 @@ int main(int argc, char **argv)
                             "(best: %s)\n", c.isa, tl_isa_name(tl_isa_best()));
             return 2;
         }
+    }
+#ifdef _OPENMP
+    const int all = omp_get_max_threads();
+#else
+    const int all = 1;
+#endif
+    if (c.head > 0) {
+        const head_cfg hc = {c.n, c.v, c.head, c.loss,
+                             c.threads > 0 ? c.threads : all, c.repeat,
+                             c.json, c.mode != 0,
+                             (size_t)c.workspace_mib << 20, c.block_tokens,
+                             c.block_vocab};
+        const int rc = head_bench(&hc);
+        return rc == 2 ? usage() : rc;
     }
     bw_a = malloc(BW_BYTES);
     bw_b = malloc(BW_BYTES);
@@ -331,11 +335,6 @@ int main(int argc, char **argv)
     }
     memset(bw_a, 1, BW_BYTES);
     memset(bw_b, 0, BW_BYTES);
-#ifdef _OPENMP
-    const int all = omp_get_max_threads();
-#else
-    const int all = 1;
-#endif
     int thr[2] = {1, all}, nthr = all > 1 ? 2 : 1;
     if (c.threads > 0) {
         thr[0] = c.threads;

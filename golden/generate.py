@@ -187,14 +187,28 @@ def metrics_of(fn, config, datums, lps, ents, extra):
 
 def make_case(name, fn, config, datums, logits=None, temperature=1.0,
               logits_dtype="float32", extra=False, grad_logits=True,
-              grad_logprobs=True, tolerance=None):
+              grad_logprobs=True, tolerance=None, head=None):
     """datums: [{"full": tokens or None, "input": [...], "targets": [...],
-    "k": K, "inputs": {key: list}, "lp": float32 logprobs (no logits)}]"""
+    "k": K, "inputs": {key: list}, "lp": float32 logprobs (no logits)}]
+    head: {"hidden": [[N_i, d] per datum], "weight": [V, d], "bias": [V] or
+    None}: the logits are hidden @ weight^T + bias, and the gradients are
+    those of the hidden states, weight and bias."""
     lps, ents, leaves = [], [], []
+    if head is not None:
+        hw = torch.tensor(np.asarray(head["weight"], dtype=np.float64),
+                          requires_grad=True)
+        hb = None if head["bias"] is None else torch.tensor(
+            np.asarray(head["bias"], dtype=np.float64), requires_grad=True)
+        hs = [torch.tensor(np.asarray(h, dtype=np.float64).reshape(-1, hw.shape[1]),
+                           requires_grad=True) for h in head["hidden"]]
+        logits = [h @ hw.T + (hb if hb is not None else 0.0) for h in hs]
     for i, d in enumerate(datums):
         if logits is not None:
-            x = torch.tensor(np.asarray(logits[i], dtype=np.float64),
-                             requires_grad=True)
+            if head is not None:
+                x = logits[i]
+            else:
+                x = torch.tensor(np.asarray(logits[i], dtype=np.float64),
+                                 requires_grad=True)
             leaves.append(x)
             logp = torch.log_softmax(x / temperature, dim=-1)
             t = torch.tensor(d["targets"], dtype=torch.int64).reshape(len(x), -1)
@@ -238,12 +252,30 @@ def make_case(name, fn, config, datums, logits=None, temperature=1.0,
         expected["grad_logprobs"] = [
             tensor(lp.grad.reshape(-1).tolist(), "float32", None, expected=True)
             for lp in lps]
-    if logits is not None and grad_logits:
+    if head is not None:
+        expected["grad_hidden"] = [
+            tensor(h.grad.reshape(-1).tolist(), "float32", list(h.shape),
+                   expected=True) for h in hs]
+        expected["grad_lm_head"] = tensor(hw.grad.reshape(-1).tolist(), "float32",
+                                          list(hw.shape), expected=True)
+        if hb is not None:
+            expected["grad_lm_head_bias"] = tensor(hb.grad.tolist(), "float32",
+                                                   list(hb.shape), expected=True)
+    elif logits is not None and grad_logits:
         expected["grad_logits"] = [
             tensor(x.grad.reshape(-1).tolist(), "float32", list(x.shape),
                    expected=True) for x in leaves]
     case = {"name": name, "loss_fn": fn, "loss_fn_config": config, "data": data}
-    if logits is not None:
+    if head is not None:
+        case["hidden"] = [tensor(h.detach().reshape(-1).tolist(), "float32",
+                                 list(h.shape)) for h in hs]
+        case["lm_head"] = tensor(hw.detach().reshape(-1).tolist(), "float32",
+                                 list(hw.shape))
+        if hb is not None:
+            case["lm_head_bias"] = tensor(hb.detach().tolist(), "float32",
+                                          list(hb.shape))
+        case["temperature"] = temperature
+    elif logits is not None:
         case["logits"] = [tensor(np.asarray(l).reshape(-1), logits_dtype,
                                  list(np.asarray(l).shape)) for l in logits]
         case["temperature"] = temperature
@@ -461,12 +493,66 @@ def sequences_file():
     return cases
 
 
+def head_file():
+    """Hidden states through an output projection (lm_head) in place of
+    logits: every loss, a bias or none, a temperature, (N, K) targets, a
+    vocabulary larger than one block of the library's sgemm chunks."""
+    cases = []
+
+    def head_inputs(rng, ns, v, d, bias):
+        ws = 3.0 / math.sqrt(d)
+        hidden = [[[quant(rng.normal(), 1.0 / 256) for _ in range(d)]
+                   for _ in range(n)] for n in ns]
+        weight = [[quant(ws * rng.normal(), 1.0 / 1024) for _ in range(d)]
+                  for _ in range(v)]
+        b = [quant(0.5 * rng.normal(), 1.0 / 256) for _ in range(v)] if bias else None
+        return {"hidden": hidden, "weight": weight, "bias": b}
+
+    def head_logits(h):
+        w = np.asarray(h["weight"], dtype=np.float64)
+        b = 0.0 if h["bias"] is None else np.asarray(h["bias"], dtype=np.float64)
+        return [(np.asarray(x, dtype=np.float64) @ w.T + b).tolist() for x in h["hidden"]]
+
+    for li, fn in enumerate(LOSSES):
+        rng = Rng(6000 + li)
+        config = CUSTOM[fn] if fn in ("ppo", "dro") else None
+        h = head_inputs(rng, (5, 3), 41, 12, bias=li % 2 == 0)
+        datums = [datum_for(rng, fn, x, config) for x in head_logits(h)]
+        cases.append(make_case(f"{fn}_lm_head", fn, config, datums, head=h,
+                               extra=True))
+    rng = Rng(6100)
+    h = head_inputs(rng, (4,), 29, 8, bias=True)
+    datums = [datum_for(rng, "importance_sampling", x, temperature=1.5)
+              for x in head_logits(h)]
+    cases.append(make_case("importance_sampling_lm_head_temperature_1.5",
+                           "importance_sampling", None, datums, temperature=1.5,
+                           head=h, extra=True))
+    rng = Rng(6200)
+    n, k, v = 3, 4, 33
+    h = head_inputs(rng, (n,), v, 10, bias=False)
+    targets = [rng.int(v) for _ in range(n * k)]
+    targets[5] = targets[4]  # a repeated target
+    x = torch.log_softmax(torch.tensor(head_logits(h)[0]), -1)
+    lp = [float(x[i, targets[i * k + j]]) for i in range(n) for j in range(k)]
+    d = {"input": [0] * n, "targets": targets, "k": k,
+         "inputs": rl_inputs(rng, "cross_entropy", lp)}
+    cases.append(make_case("cross_entropy_lm_head_n_by_k_targets", "cross_entropy",
+                           None, [d], head=h, extra=True))
+    rng = Rng(6300)
+    h = head_inputs(rng, (2, 1), 2500, 6, bias=True)
+    datums = [datum_for(rng, "ppo", x) for x in head_logits(h)]
+    cases.append(make_case("ppo_lm_head_vocab_2500", "ppo", None, datums, head=h,
+                           extra=True))
+    return cases
+
+
 FILES = {
     "losses.json": losses_file,
     "boundaries.json": boundaries_file,
     "shapes.json": shapes_file,
     "numerics.json": numerics_file,
     "sequences.json": sequences_file,
+    "head.json": head_file,
 }
 
 

@@ -109,6 +109,42 @@ def _():
     assert out.strip().splitlines()[-1].endswith(" passed, 1 failed"), out
 
 
+@case("check compares the gradients of the output projection")
+def _():
+    with open(golden("head.json")) as f:
+        doc = json.load(f)
+    names = []
+    for key in ("grad_lm_head", "grad_lm_head_bias", "grad_hidden"):
+        d = json.loads(json.dumps(doc))
+        c = d["cases"][0]
+        t = c["expected"][key]
+        (t[1] if key == "grad_hidden" else t)["data"][3] += 1e-3
+        bad = os.path.join(TMP, "bad_head.json")
+        with open(bad, "w") as f:
+            json.dump({"format": d["format"], "cases": [c]}, f)
+        rc, out, _ = run("check", bad)
+        assert rc == 1, out
+        assert "FAIL " + c["name"] in out and key in out, out
+        names.append(key)
+    # logits and an output projection in one case are refused
+    c = json.loads(json.dumps(doc["cases"][0]))
+    v = c["lm_head"]["shape"][0]
+    c["logits"] = [{"data": [0.0] * (h["shape"][0] * v), "dtype": "float32",
+                    "shape": [h["shape"][0], v]} for h in c["hidden"]]
+    with open(bad, "w") as f:
+        json.dump({"format": doc["format"], "cases": [c]}, f)
+    rc, out, _ = run("check", bad)
+    assert rc == 1 and "not both" in out, out
+    # a hidden state of the wrong width names its path
+    c = json.loads(json.dumps(doc["cases"][0]))
+    c["hidden"][0]["shape"][1] -= 1
+    c["hidden"][0]["data"] = c["hidden"][0]["data"][:-5]
+    with open(bad, "w") as f:
+        json.dump({"format": doc["format"], "cases": [c]}, f)
+    rc, out, _ = run("check", bad)
+    assert rc == 1 and "hidden[0]" in out, out
+
+
 @case("check: unreadable files and usage")
 def _():
     rc, _, err = run("check", os.path.join(TMP, "missing.json"))

@@ -17,6 +17,13 @@ typedef struct fcase {
     float **lp;       /* computed (or, without logits, given) logprobs */
     float **glp;      /* computed dL/dlogprobs */
     float **glogits;  /* computed dL/dlogits */
+    /* the output projection in place of logits */
+    jt *hidden;       /* n, or NULL */
+    jt lm_head, lm_bias;
+    jt *exp_gh;       /* expected grad_hidden, n */
+    jt exp_gw, exp_gb;
+    float **gh;       /* computed grad hidden */
+    float *gw, *gb;
 } fcase;
 
 static void fcase_free(fcase *c)
@@ -44,6 +51,23 @@ static void fcase_free(fcase *c)
     free(c->lp);
     free(c->glp);
     free(c->glogits);
+    for (int64_t i = 0; i < c->n; i++) {
+        if (c->hidden)
+            tl__jt_free(&c->hidden[i]);
+        if (c->exp_gh)
+            tl__jt_free(&c->exp_gh[i]);
+        if (c->gh)
+            free(c->gh[i]);
+    }
+    free(c->hidden);
+    free(c->exp_gh);
+    free(c->gh);
+    tl__jt_free(&c->lm_head);
+    tl__jt_free(&c->lm_bias);
+    tl__jt_free(&c->exp_gw);
+    tl__jt_free(&c->exp_gb);
+    free(c->gw);
+    free(c->gb);
 }
 
 static int64_t targets_of(const jdatum *d)
@@ -127,6 +151,89 @@ static tl_status setup_logits(fcase *c, const char *path, tl_error *err)
             lg->data = c->bf16[i];
             lg->dtype = TL_BF16;
         }
+    }
+    return TL_OK;
+}
+
+/* An optional TENSOR at key of obj into *t (ndim 0 when absent). */
+static tl_status opt_tensor(json_t *obj, const char *key, const char *path,
+                            jt *t, tl_error *err)
+{
+    char p[TL_PATH_MAX];
+    json_t *j = tl__jget(obj, key);
+    memset(t, 0, sizeof *t);
+    if (!j)
+        return TL_OK;
+    snprintf(p, sizeof p, "%s.%s", path, key);
+    return tl__jt_parse(j, p, t, err);
+}
+
+static int is_f32(const jt *t, int ndim)
+{
+    return t->ndim == ndim && t->dtype == TL_F32;
+}
+
+/* The output projection of a case: "hidden" (one [N_i, d] per datum),
+ * "lm_head" [V, d], "lm_head_bias" [V], and the expected grad_hidden,
+ * grad_lm_head, grad_lm_head_bias; fills head and hid. */
+static tl_status setup_head(fcase *c, json_t *jc, json_t *exp,
+                            const char *path, tl_head *head, tl_hidden *hid,
+                            tl_error *err)
+{
+    char p[TL_PATH_MAX], q[TL_PATH_MAX];
+    tl_status s;
+    snprintf(p, sizeof p, "%s.expected", path);
+    if ((s = tensor_list(jc, "hidden", path, c->n, "", &c->hidden, err)) ||
+        (s = opt_tensor(jc, "lm_head", path, &c->lm_head, err)) ||
+        (s = opt_tensor(jc, "lm_head_bias", path, &c->lm_bias, err)) ||
+        (s = tensor_list(exp, "grad_hidden", p, c->n, "", &c->exp_gh, err)) ||
+        (s = opt_tensor(exp, "grad_lm_head", p, &c->exp_gw, err)) ||
+        (s = opt_tensor(exp, "grad_lm_head_bias", p, &c->exp_gb, err)))
+        return s;
+    if (!c->hidden || !is_f32(&c->lm_head, 2))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "a case through lm_head needs \"hidden\" (one "
+                         "float32 [N, d] per datum) and \"lm_head\" "
+                         "(float32 [V, d])");
+    const int64_t v = c->lm_head.shape[0], d = c->lm_head.shape[1];
+    if (v < 1 || d < 1)
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "lm_head has shape [%lld, %lld]", (long long)v,
+                         (long long)d);
+    if (c->lm_bias.ndim && (!is_f32(&c->lm_bias, 1) ||
+                            c->lm_bias.shape[0] != v))
+        return tl__jfail(err, TL_ERR_JSON, path, -1,
+                         "lm_head_bias must be float32 [%lld]", (long long)v);
+    if ((c->exp_gw.ndim && c->exp_gw.count != v * d) ||
+        (c->exp_gb.ndim && (!c->lm_bias.ndim || c->exp_gb.count != v)))
+        return tl__jfail(err, TL_ERR_JSON, p, -1,
+                         "grad_lm_head must have %lld values and "
+                         "grad_lm_head_bias %lld (with a bias)",
+                         (long long)(v * d), (long long)v);
+    *head = (tl_head){c->lm_head.f32, c->lm_bias.ndim ? c->lm_bias.f32 : NULL,
+                      v, d, d};
+    c->gh = alloc_rows(c->n);
+    c->gw = malloc((size_t)(v * d) * sizeof(float));
+    c->gb = malloc((size_t)v * sizeof(float));
+    if (!c->gh || !c->gw || !c->gb)
+        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+    for (int64_t i = 0; i < c->n; i++) {
+        const jt *t = &c->hidden[i];
+        const int64_t rows = c->d[i].in[JD_TARGETS].shape[0];
+        snprintf(q, sizeof q, "%s.hidden[%lld]", path, (long long)i);
+        if (!is_f32(t, 2) || t->shape[0] != rows || t->shape[1] != d)
+            return tl__jfail(err, TL_ERR_JSON, q, -1,
+                             "expected a float32 tensor [%lld, %lld]",
+                             (long long)rows, (long long)d);
+        if (c->exp_gh && c->exp_gh[i].count != rows * d) {
+            snprintf(q, sizeof q, "%s.grad_hidden[%lld]", p, (long long)i);
+            return tl__jfail(err, TL_ERR_JSON, q, -1, "expected %lld values",
+                             (long long)(rows * d));
+        }
+        hid[i] = (tl_hidden){t->f32, rows, d};
+        c->gh[i] = malloc((size_t)(rows * d) * sizeof(float) + 4);
+        if (!c->gh[i])
+            return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     }
     return TL_OK;
 }
@@ -231,6 +338,17 @@ static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
         if (!s && (!c.lp[i] || !c.glp[i]))
             s = tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory");
     }
+    const int use_head = tl__jget(jc, "lm_head") || tl__jget(jc, "hidden");
+    tl_head head;
+    tl_hidden *hid = calloc((size_t)c.n + 1, sizeof *hid);
+    if (!s && !hid)
+        s = tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory");
+    if (!s && use_head && c.logits)
+        s = tl__jfail(&e, TL_ERR_JSON, path, -1,
+                      "a case has either \"logits\" or \"hidden\" and "
+                      "\"lm_head\", not both");
+    if (!s && use_head)
+        s = setup_head(&c, jc, exp, path, &head, hid, &e);
     if (!s && exp_glogits && !c.logits)
         s = tl__jfail(&e, TL_ERR_JSON, p, -1,
                       "grad_logits are given but the case has no logits");
@@ -261,7 +379,16 @@ static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
         views[i] = c.d[i].view;
         grads[i] = (tl_grad){c.glogits[i], TL_F32, views[i].logits.vocab};
     }
-    if (c.logits) {
+    if (use_head) {
+        /* full recomputation from the hidden states */
+        o.entropy = tl__jget(metrics, "entropy:mean") != NULL;
+        const tl_head_grads hg = {c.gh, c.gw, head.bias ? c.gb : NULL, 0};
+        s = tl_head_forward_backward(&cfg, &head, views, hid, c.n, &o, NULL,
+                                     c.lp, &hg, &m, &e);
+        if (!s && exp_glp)
+            s = tl_loss_eval(&cfg, views, c.n, (const float *const *)c.lp,
+                             c.glp, NULL, &e);
+    } else if (c.logits) {
         /* full recomputation from the logits */
         o.entropy = tl__jget(metrics, "entropy:mean") != NULL;
         s = tl_forward_backward(&cfg, views, c.n, &o, c.lp,
@@ -283,7 +410,18 @@ static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
         tl__rep_fail(rep, "%s: %s", path, e.message);
         goto free_exp;
     }
-    if (c.logits)
+    for (int64_t i = 0; c.exp_gh && i < c.n; i++) {
+        snprintf(p, sizeof p, "data[%lld].grad_hidden", (long long)i);
+        tl__rep_elems(rep, p, c.gh[i], c.exp_gh[i].f64, c.exp_gh[i].count,
+                      tol);
+    }
+    if (c.exp_gw.ndim)
+        tl__rep_elems(rep, "grad_lm_head", c.gw, c.exp_gw.f64, c.exp_gw.count,
+                      tol);
+    if (c.exp_gb.ndim)
+        tl__rep_elems(rep, "grad_lm_head_bias", c.gb, c.exp_gb.f64,
+                      c.exp_gb.count, tol);
+    if (c.logits || use_head)
         for (int64_t i = 0; i < c.n; i++) {
             snprintf(p, sizeof p, "data[%lld].logprobs", (long long)i);
             tl__rep_elems(rep, p, c.lp[i], c.exp_lp[i].f64, c.exp_lp[i].count,
@@ -312,6 +450,7 @@ static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
             tl__rep_scalar(rep, key, *got, json_number_value(val), tol, tokens);
     }
 free_exp:
+    free(hid);
     for (int64_t i = 0; i < c.n; i++) {
         if (exp_glp)
             tl__jt_free(&exp_glp[i]);

@@ -1,0 +1,316 @@
+/*
+ * ppo_bench --head d: logprobs, loss and gradients from hidden states
+ * [N, d] through an output projection [V, d], three ways, interleaved:
+ *   fused    tl_head_forward_backward (blocks within the workspace budget);
+ *   sgemm    the plain OpenBLAS products of the same shapes, the floor:
+ *            logits = H W^T; for fwdbwd also G W and G^T H;
+ *   unfused  logits materialised by one sgemm, tl_forward_backward on
+ *            them, then the two gradient products.
+ * Reports median and min time, GFLOP/s of the products' 2 N V d flops
+ * each, the fused time over the sgemm floor, and the peak extra resident
+ * memory of each path (VmHWM after the call minus VmRSS before it, with
+ * the peak reset through /proc/self/clear_refs).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "head_bench.h"
+
+#include "bench_util.h"
+#include "tinkerloss.h"
+
+#include <cblas.h>
+
+typedef struct hwork {
+    int64_t n, v, d;
+    float *h, *w, *gh, *gw, *lpv, *L, *G;
+    int64_t *t;
+    float *q, *a, *wt;
+    tl_loss_config cfg;
+    tl_datum dat;
+    tl_hidden hid;
+    tl_head head;
+} hwork;
+
+static void hwork_free(hwork *k)
+{
+    free(k->h);
+    free(k->w);
+    free(k->gh);
+    free(k->gw);
+    free(k->lpv);
+    free(k->L);
+    free(k->t);
+    free(k->q);
+    free(k->a);
+    free(k->wt);
+}
+
+static int hwork_make(hwork *k, const head_cfg *c)
+{
+    const int64_t n = c->n, v = c->v, d = c->d;
+    memset(k, 0, sizeof *k);
+    k->n = n;
+    k->v = v;
+    k->d = d;
+    k->h = malloc((size_t)(n * d) * sizeof(float));
+    k->w = malloc((size_t)(v * d) * sizeof(float));
+    k->gh = malloc((size_t)(n * d) * sizeof(float));
+    k->gw = malloc((size_t)(v * d) * sizeof(float));
+    k->lpv = malloc((size_t)n * sizeof(float));
+    k->L = malloc((size_t)(n * v) * sizeof(float)); /* the sgemm floor's */
+    k->t = malloc((size_t)n * sizeof(int64_t));
+    k->q = malloc((size_t)n * sizeof(float));
+    k->a = malloc((size_t)n * sizeof(float));
+    k->wt = malloc((size_t)n * sizeof(float));
+    if (!k->h || !k->w || !k->gh || !k->gw || !k->lpv || !k->L || !k->t ||
+        !k->q || !k->a || !k->wt)
+        return -1;
+    /* logits of standard deviation about 3, as in the logits workload */
+    const double ws = 3.0 / sqrt((double)d);
+    for (int64_t i = 0; i < n * d; i++)
+        k->h[i] = (float)normal();
+    for (int64_t i = 0; i < v * d; i++)
+        k->w[i] = (float)(ws * normal());
+    memset(k->gh, 0, (size_t)(n * d) * sizeof(float));
+    memset(k->gw, 0, (size_t)(v * d) * sizeof(float));
+    memset(k->L, 0, (size_t)(n * v) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) {
+        k->t[i] = (int64_t)(uniform() * (double)v);
+        k->a[i] = (float)normal();
+        k->wt[i] = 1.0f;
+    }
+    k->head = (tl_head){k->w, NULL, v, d, d};
+    k->hid = (tl_hidden){k->h, n, d};
+    if (tl_head_logprobs(&k->head, &k->hid, k->t, 1, NULL, NULL, k->lpv,
+                         NULL, NULL, NULL) != TL_OK)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        k->q[i] = k->lpv[i] + (float)(0.2 * normal());
+    const char *kb[1] = {"beta"};
+    const double vb[1] = {0.05};
+    const int dro = strcmp(c->loss, "dro") == 0;
+    tl_error e;
+    if (tl_loss_config_init(&k->cfg, c->loss, dro ? kb : NULL,
+                            dro ? vb : NULL, dro, &e) != TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+        return -2;
+    }
+    memset(&k->dat, 0, sizeof k->dat);
+    k->dat.target_tokens = tl_tensor_1d(k->t, TL_I64, n);
+    if (k->cfg.fn == TL_LOSS_CROSS_ENTROPY) {
+        k->dat.weights = tl_tensor_1d(k->wt, TL_F32, n);
+    } else {
+        k->dat.logprobs = tl_tensor_1d(k->q, TL_F32, n);
+        k->dat.advantages = tl_tensor_1d(k->a, TL_F32, n);
+    }
+    return 0;
+}
+
+static tl_status run_fused(hwork *k, const head_cfg *c, double *loss)
+{
+    tl_options o = tl_options_default();
+    o.threads = c->threads;
+    tl_head_options ho = tl_head_options_default();
+    if (c->workspace)
+        ho.workspace_bytes = c->workspace;
+    ho.block_tokens = c->block_tokens;
+    ho.block_vocab = c->block_vocab;
+    float *lp[1] = {k->lpv}, *gh[1] = {k->gh};
+    const tl_head_grads g = {gh, k->gw, NULL, 0};
+    tl_metrics m;
+    tl_error e;
+    const tl_status s =
+        tl_head_forward_backward(&k->cfg, &k->head, &k->dat, &k->hid, 1, &o,
+                                 &ho, lp, c->fwdbwd ? &g : NULL, &m, &e);
+    if (s)
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+    else
+        *loss = *tl_metrics_get(&m, "loss:sum");
+    return s;
+}
+
+/* The floor: the products alone, OpenBLAS threaded. */
+static void run_sgemm(hwork *k, const head_cfg *c, float *L)
+{
+    const int n = (int)k->n, v = (int)k->v, d = (int)k->d;
+    openblas_set_num_threads(c->threads);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, v, d, 1.0f, k->h,
+                d, k->w, d, 0.0f, L, v);
+    if (!c->fwdbwd)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, v, 1.0f, L,
+                v, k->w, d, 0.0f, k->gh, d);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, v, d, n, 1.0f, L, v,
+                k->h, d, 0.0f, k->gw, d);
+}
+
+/* The unfused path: its logits and gradient buffers are its own extra
+ * memory, allocated per call as a caller without the projection path
+ * would. */
+static tl_status run_unfused(hwork *k, const head_cfg *c, double *loss)
+{
+    const int n = (int)k->n, v = (int)k->v, d = (int)k->d;
+    float *L = malloc((size_t)n * (size_t)v * sizeof(float));
+    float *G = c->fwdbwd ? malloc((size_t)n * (size_t)v * sizeof(float))
+                         : NULL;
+    if (!L || (c->fwdbwd && !G)) {
+        free(L);
+        free(G);
+        return TL_ERR_NOMEM;
+    }
+    openblas_set_num_threads(c->threads);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, v, d, 1.0f, k->h,
+                d, k->w, d, 0.0f, L, v);
+    tl_datum dat = k->dat;
+    dat.logits = (tl_logits){L, TL_F32, n, v, v};
+    const tl_grad gr = {G, TL_F32, v};
+    tl_options o = tl_options_default();
+    o.threads = c->threads;
+    float *lp[1] = {k->lpv};
+    tl_metrics m;
+    tl_error e;
+    tl_status s = tl_forward_backward(&k->cfg, &dat, 1, &o, lp,
+                                      c->fwdbwd ? &gr : NULL, &m, &e);
+    if (s)
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+    else
+        *loss = *tl_metrics_get(&m, "loss:sum");
+    if (!s && c->fwdbwd) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, v, 1.0f,
+                    G, v, k->w, d, 0.0f, k->gh, d);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, v, d, n, 1.0f, G,
+                    v, k->h, d, 0.0f, k->gw, d);
+    }
+    free(L);
+    free(G);
+    return s;
+}
+
+static void print_row(const head_cfg *c, const char *path, double med,
+                      double mn, double flops, double floor_med,
+                      double peak, double loss, int64_t bt, int64_t bv,
+                      size_t ws)
+{
+    const double gflops = flops / med * 1e-9;
+    char pk[32] = "null", ls[32] = "null"; /* JSON has no NaN */
+    if (peak >= 0)
+        snprintf(pk, sizeof pk, "%.0f", peak);
+    if (!isnan(loss))
+        snprintf(ls, sizeof ls, "%.9g", loss);
+    if (c->json) {
+        printf("{\"workload\": \"head %s %s\", \"path\": \"%s\", "
+               "\"tokens\": %lld, \"vocab\": %lld, \"dim\": %lld, "
+               "\"dtype\": \"f32\", \"mode\": \"%s\", \"loss\": \"%s\", "
+               "\"threads\": %d, \"isa\": \"%s\", \"ms_median\": %.3f, "
+               "\"ms_min\": %.3f, \"gflops\": %.2f, "
+               "\"tokens_per_s\": %.1f, \"ratio_to_sgemm\": %.4f, "
+               "\"peak_extra_bytes\": %s, \"loss_sum\": %s",
+               c->loss, c->fwdbwd ? "fwdbwd" : "fwd", path, (long long)c->n,
+               (long long)c->v, (long long)c->d,
+               c->fwdbwd ? "fwdbwd" : "fwd", c->loss, c->threads,
+               tl_isa_name(tl_isa_active()), 1e3 * med, 1e3 * mn, gflops,
+               (double)c->n / med, med / floor_med, pk, ls);
+        if (ws)
+            printf(", \"block_tokens\": %lld, \"block_vocab\": %lld, "
+                   "\"workspace_bytes\": %zu", (long long)bt, (long long)bv,
+                   ws);
+        printf("}\n");
+    } else {
+        printf("%-8s %10.1f %10.1f %9.1f %9.3f %12.1f", path, 1e3 * med,
+               1e3 * mn, gflops, med / floor_med,
+               peak < 0 ? -1.0 : peak / 1048576.0);
+        if (ws)
+            printf("   blocks %lld x %lld, workspace %.1f MiB", (long long)bt,
+                   (long long)bv, (double)ws / 1048576.0);
+        printf("\n");
+    }
+    fflush(stdout);
+}
+
+int head_bench(const head_cfg *c)
+{
+    if (c->n < 1 || c->v < 1 || c->d < 1 || c->n > INT32_MAX ||
+        c->v > INT32_MAX || c->d > INT32_MAX)
+        return 2;
+    hwork k;
+    const int mk = hwork_make(&k, c);
+    if (mk) {
+        hwork_free(&k);
+        if (mk == -1)
+            fprintf(stderr, "ppo_bench: out of memory\n");
+        return mk == -2 ? 2 : 1;
+    }
+    tl_head_options ho = tl_head_options_default();
+    if (c->workspace)
+        ho.workspace_bytes = c->workspace;
+    ho.block_tokens = c->block_tokens;
+    ho.block_vocab = c->block_vocab;
+    int64_t bt = 0, bv = 0;
+    size_t ws = 0;
+    tl_error e;
+    if (tl_head_plan(&k.head, c->n, 1, &ho, &bt, &bv, &ws, &e) != TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+        hwork_free(&k);
+        return 2;
+    }
+    const int r = c->repeat;
+    double *tf = malloc((size_t)r * sizeof *tf);
+    double *ts = malloc((size_t)r * sizeof *ts);
+    double *tu = malloc((size_t)r * sizeof *tu);
+    double lf = 0.0, lu = 0.0;
+    int rc = 0;
+    /* warm-up of each path, then the timed calls interleaved */
+    if (!tf || !ts || !tu || run_fused(&k, c, &lf) ||
+        run_unfused(&k, c, &lu)) {
+        rc = 1;
+        goto done;
+    }
+    run_sgemm(&k, c, k.L);
+    for (int i = 0; i < r; i++) {
+        double t0 = now();
+        run_fused(&k, c, &lf);
+        tf[i] = now() - t0;
+        t0 = now();
+        run_sgemm(&k, c, k.L);
+        ts[i] = now() - t0;
+        t0 = now();
+        run_unfused(&k, c, &lu);
+        tu[i] = now() - t0;
+    }
+    /* peak extra memory of each path, one more call each */
+    double p0 = peak_begin();
+    run_fused(&k, c, &lf);
+    const double pf = peak_end(p0);
+    p0 = peak_begin();
+    run_unfused(&k, c, &lu);
+    const double pu = peak_end(p0);
+    const double flops =
+        2.0 * (double)c->n * (double)c->v * (double)c->d * (c->fwdbwd ? 3 : 1);
+    double mf = tf[0], ms = ts[0], mu = tu[0];
+    for (int i = 1; i < r; i++) {
+        mf = fmin(mf, tf[i]);
+        ms = fmin(ms, ts[i]);
+        mu = fmin(mu, tu[i]);
+    }
+    const double medf = median(tf, r), meds = median(ts, r),
+                 medu = median(tu, r);
+    if (!c->json) {
+        printf("ppo_bench --head: loss %s, %s, N = %lld, V = %lld, d = %lld, "
+               "%d threads, repeat %d\n", c->loss,
+               c->fwdbwd ? "fwdbwd" : "fwd", (long long)c->n,
+               (long long)c->v, (long long)c->d, c->threads, r);
+        printf("%-8s %10s %10s %9s %9s %12s\n", "path", "ms_median", "ms_min",
+               "GFLOP/s", "/sgemm", "peak_MiB");
+    }
+    print_row(c, "fused", medf, mf, flops, meds, pf, lf, bt, bv, ws);
+    print_row(c, "sgemm", meds, ms, flops, meds, -1.0, NAN, 0, 0, 0);
+    print_row(c, "unfused", medu, mu, flops, meds, pu, lu, 0, 0, 0);
+    if (!c->json)
+        printf("loss:sum fused %.9g, unfused %.9g (relative difference "
+               "%.2e)\n", lf, lu, fabs(lf - lu) / fmax(fabs(lu), 1e-300));
+done:
+    free(tf);
+    free(ts);
+    free(tu);
+    hwork_free(&k);
+    return rc;
+}
