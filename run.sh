@@ -129,8 +129,9 @@ run_fuzz() {
     return $rc
 }
 
-# Every unit-test program under valgrind's memcheck (AVX2 tier: valgrind
-# does not decode AVX-512), no fork, full leak check. What libgomp keeps
+# Every unit-test program under valgrind's memcheck (AVX2 tier, and
+# OpenBLAS's Haswell kernels: valgrind does not decode AVX-512), no fork,
+# full leak check. What libgomp keeps
 # for its thread pool until exit is not counted (tests/valgrind.supp).
 run_valgrind() {
     PACKAGES+=(valgrind)
@@ -141,7 +142,8 @@ run_valgrind() {
         local args=()
         [ "$(basename "$t")" = test_golden ] && args=(golden/*.json)
         log "memcheck $(basename "$t")"
-        TL_ISA=avx2 CK_FORK=no CK_DEFAULT_TIMEOUT=0 valgrind -q \
+        TL_ISA=avx2 OPENBLAS_CORETYPE=Haswell CK_FORK=no CK_DEFAULT_TIMEOUT=0 \
+            valgrind -q \
             --error-exitcode=99 --leak-check=full \
             --errors-for-leak-kinds=definite,indirect,possible \
             --suppressions=tests/valgrind.supp \

@@ -564,8 +564,8 @@ TL_API tl_head_options tl_head_options_default(void);
  * The blocks a call over `rows` tokens (K targets each) would use, and the
  * workspace it would allocate. Chosen blocks: block_tokens = min(rows,
  * 256) tokens with the whole vocabulary if that fits the budget, else as
- * many tokens as fit (at least min(rows, 32)), else min(rows, 32) tokens
- * and the largest vocabulary block that fits. Every output may be NULL.
+ * many tokens as fit (at least min(rows, 16)), else min(rows, 16) tokens
+ * and the vocabulary in as few blocks of equal size as fit. Every output may be NULL.
  * Errors: TL_ERR_SIZE when the blocks asked for, or the smallest blocks
  * (1 token, 16 entries), need more than workspace_bytes; TL_ERR_NULL,
  * TL_ERR_SIZE for the head.

@@ -18,6 +18,7 @@
  * Every piece of work is an independent sgemm whose shape depends on the
  * block sizes only, run single-threaded by one thread of the team, so the
  * results do not depend on the thread count. */
+#define _DEFAULT_SOURCE /* madvise */
 #include "batch.h"
 
 #include <cblas.h>
@@ -30,19 +31,28 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* Vocabulary rows per sgemm of the logits and of grad W. */
+#ifndef HEAD_CHUNK
 #define HEAD_CHUNK 2048
+#endif
 /* grad hidden = G @ W over a vocabulary block is split into at most this
  * many pieces of at least HEAD_MIN_PIECE rows, each its own sgemm. */
 #define HEAD_PIECES 8
 #define HEAD_MIN_PIECE 1024
 /* Chosen token blocks. */
 #define HEAD_TOKENS 256
-#define HEAD_MIN_TOKENS 32
+#define HEAD_MIN_TOKENS 16
 /* Smallest vocabulary block. */
 #define HEAD_MIN_VOCAB 16
 #define HEAD_ALIGN 64
+/* Workspaces of at least this size are aligned to, and ask for, 2 MiB
+ * pages: fresh memory costs one page fault per page, and faulting in a
+ * workspace of 4 KiB pages took about 15% of a forward pass here. */
+#define HEAD_HUGE ((size_t)2 << 20)
 
 /* ---- OpenBLAS threading ------------------------------------------------- */
 
@@ -153,7 +163,7 @@ static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
     w->xt = seg(&at, n * (size_t)k * sizeof(float));
     w->coef = seg(&at, n * sizeof(tl_gradcoef));
     w->fix = seg(&at, n * (size_t)k * sizeof(float));
-    w->total = at + HEAD_ALIGN; /* alignment of the base */
+    w->total = at;
     return 0;
 }
 
@@ -254,7 +264,11 @@ static tl_status plan(const tl_head *h, int64_t rows, int64_t k,
             bt = tmin;
     }
     if (bv == 0) {
-        /* the largest vocabulary block that fits with bt tokens */
+        /* the largest vocabulary block that fits with bt tokens (fewer
+         * tokens if not even the smallest block fits) */
+        while (ho.block_tokens == 0 && bt > 1 &&
+               ws_bytes(bt, vmin, d, k, with_gh) > budget)
+            bt--;
         int64_t lo = vmin, hi = v;
         if (ws_bytes(bt, lo, d, k, with_gh) > budget)
             hi = lo - 1;
@@ -266,6 +280,13 @@ static tl_status plan(const tl_head *h, int64_t rows, int64_t k,
                 hi = mid - 1;
         }
         bv = hi >= vmin ? hi : vmin;
+        /* as many blocks as that takes, of equal size */
+        const int64_t nvb = (v + bv - 1) / bv;
+        const int64_t even = (v + nvb - 1) / nvb;
+        if (round_up(even, 16) <= bv)
+            bv = round_up(even, 16) < v ? round_up(even, 16) : v;
+        else if (even <= bv)
+            bv = even;
     }
     const size_t need = ws_bytes(bt, bv, d, k, with_gh);
     if (need > budget)
@@ -542,6 +563,21 @@ static void grad_hidden_sum(const head_job *job, const float *part,
     }
 }
 
+/* The workspace: HEAD_ALIGN-aligned, in huge pages where the system
+ * gives them on request (the advice is only a hint). */
+static void *ws_alloc(size_t bytes)
+{
+    void *p = NULL;
+    const size_t align = bytes >= 2 * HEAD_HUGE ? HEAD_HUGE : HEAD_ALIGN;
+    if (posix_memalign(&p, align, bytes))
+        return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == HEAD_HUGE)
+        (void)madvise(p, bytes / HEAD_HUGE * HEAD_HUGE, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
 /* Run the job; returns TL_OK (check job->bad) or TL_ERR_NOMEM. *stop_row
  * receives the lowest bad row, or -1. */
 static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
@@ -555,11 +591,11 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
     *stop_row = -1;
     if (ws_layout(bt, bv, d, job->kmax, with_gh, &w))
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "workspace too large");
-    char *mem = malloc(w.total);
+    char *mem = ws_alloc(w.total);
     if (!mem)
         return tl__fail(err, TL_ERR_NOMEM, "", -1,
                         "cannot allocate a workspace of %zu bytes", w.total);
-    char *base = mem + (HEAD_ALIGN - (uintptr_t)mem % HEAD_ALIGN) % HEAD_ALIGN;
+    char *base = mem;
     float *L = (float *)(base + w.logits), *hb = (float *)(base + w.hid);
     float *part = (float *)(base + w.part), *ghb = (float *)(base + w.gh);
     const rowstate st = {(float *)(base + w.max), (double *)(base + w.sum),

@@ -22,7 +22,8 @@ def main(readme, cc, inc, lib, *extra):
             with open(src, "w", encoding="utf-8") as f:
                 f.write(code)
             cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", inc,
-                   src, lib, "-fopenmp", "-ljansson", "-lm", "-lpthread",
+                   src, lib, "-fopenmp", "-ljansson", "-lopenblas", "-lm",
+                   "-lpthread",
                    *extra, "-o", exe]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:

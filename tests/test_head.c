@@ -557,7 +557,7 @@ START_TEST(test_plan)
     ck_assert_int_eq(tl_head_plan(&h, 512, 1, NULL, &bt, &bv, &ws, NULL),
                      TL_OK);
     ck_assert_int_eq(bv, 151936);
-    ck_assert(bt >= 32 && bt <= 256);
+    ck_assert(bt >= 16 && bt <= 256);
     ck_assert(ws <= TL_HEAD_DEFAULT_WORKSPACE);
     tl_head_options ho = tl_head_options_default();
     static const size_t budgets[] = {(size_t)1 << 20, (size_t)8 << 20,
@@ -568,11 +568,13 @@ START_TEST(test_plan)
                          TL_OK);
         ck_assert_msg(ws <= budgets[k], "budget %zu: %zu", budgets[k], ws);
         ck_assert(bt >= 1 && bt <= 512 && bv >= 16 && bv <= 151936);
-        /* a bigger vocabulary block would not fit */
+        /* the vocabulary in as few blocks as fit, of about equal size */
         if (bv < 151936) {
+            const int64_t nvb = (151936 + bv - 1) / bv;
+            ck_assert(151936 - (nvb - 1) * bv > bv - 16 * nvb);
             tl_head_options more = ho;
             more.block_tokens = bt;
-            more.block_vocab = bv + 1;
+            more.block_vocab = (151936 + nvb - 2) / (nvb - 1);
             ck_assert_int_eq(tl_head_plan(&h, 512, 1, &more, NULL, NULL,
                                           NULL, NULL), TL_ERR_SIZE);
         }
@@ -580,6 +582,11 @@ START_TEST(test_plan)
     /* no more tokens than there are */
     ck_assert_int_eq(tl_head_plan(&h, 7, 1, NULL, &bt, &bv, &ws, NULL), TL_OK);
     ck_assert_int_eq(bt, 7);
+    /* a budget below 16 tokens of the smallest block: fewer tokens */
+    ho.workspace_bytes = 200000;
+    ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, NULL),
+                     TL_OK);
+    ck_assert(bt >= 1 && bt < 16 && ws <= ho.workspace_bytes);
     tl_error e;
     ho.workspace_bytes = 1000;
     ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),

@@ -116,6 +116,76 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)tl_forward_backward_reference(&cfg, &d, 1, &o, lps, &gr, &m,
                                             &err);
     }
+    /* the output projection: hidden [n, dim] through weight [hv, dim],
+     * fuzzed blocks and budget; every gradient buffer guarded */
+    const int64_t dim = 1 + take(&r, 1) % 12, hv = 1 + take(&r, 2) % 300;
+    const size_t hn = (size_t)(n * dim) + 1, wn = (size_t)(hv * dim) + 1;
+    float *hid = malloc(hn * sizeof *hid), *w = malloc(wn * sizeof *w);
+    float *bias = malloc((size_t)hv * sizeof *bias);
+    int64_t *ht = malloc((size_t)(n * k + 1) * sizeof *ht);
+    unsigned char *gh = malloc(hn * 4 + 64), *gw = malloc(wn * 4 + 64),
+                  *gb = malloc((size_t)hv * 4 + 64);
+    if (hid && w && bias && ht && gh && gw && gb &&
+        tl_loss_config_init(&cfg, names[lossfn], lossfn == 4 ? kb : NULL,
+                            lossfn == 4 ? vb : NULL, lossfn == 4, &err) ==
+            TL_OK) {
+        for (size_t i = 0; i < hn; i++)
+            hid[i] = (take(&r, 1) & 7) ? (float)((int)take(&r, 1) - 128) / 64.0f
+                                       : take_float(&r);
+        for (size_t i = 0; i < wn; i++)
+            w[i] = (float)((int)take(&r, 1) - 128) / 64.0f;
+        for (int64_t i = 0; i < hv; i++)
+            bias[i] = (take(&r, 1) & 15) ? 0.25f : take_float(&r);
+        for (int64_t i = 0; i < n * k; i++)
+            ht[i] = t[i] >= 0 ? t[i] % hv : t[i];
+        tl_datum d;
+        memset(&d, 0, sizeof d);
+        d.target_tokens = k > 1 ? tl_tensor_2d(ht, TL_I64, n, k)
+                                : tl_tensor_1d(ht, TL_I64, n);
+        if (lossfn == 0)
+            d.weights = k > 1 ? tl_tensor_2d(up, TL_F32, n, k)
+                              : tl_tensor_1d(up, TL_F32, n);
+        else {
+            d.logprobs = k > 1 ? tl_tensor_2d(q, TL_F32, n, k)
+                               : tl_tensor_1d(q, TL_F32, n);
+            d.advantages = k > 1 ? tl_tensor_2d(a, TL_F32, n, k)
+                                 : tl_tensor_1d(a, TL_F32, n);
+        }
+        const tl_head head = {w, (take(&r, 1) & 1) ? bias : NULL, hv, dim,
+                              dim};
+        const tl_hidden hs = {hid, n, dim};
+        tl_head_options ho = tl_head_options_default();
+        ho.block_tokens = take(&r, 1) % 5;
+        ho.block_vocab = take(&r, 2) % (uint32_t)(hv + 1);
+        if (take(&r, 1) & 1)
+            ho.workspace_bytes = 64 + take(&r, 2) * 16;
+        memset(gh, CANARY, hn * 4 + 64);
+        memset(gw, CANARY, wn * 4 + 64);
+        memset(gb, CANARY, (size_t)hv * 4 + 64);
+        float *lps[1] = {lp}, *ghs[1] = {(float *)(void *)gh};
+        const tl_head_grads hg = {ghs, (float *)(void *)gw,
+                                  (float *)(void *)gb, take(&r, 1) & 1};
+        tl_metrics m;
+        (void)tl_head_forward_backward(&cfg, &head, &d, &hs, 1, &o, &ho, lps,
+                                       &hg, &m, &err);
+        (void)tl_head_backward(&head, &hs, ht, k, up, &o, &ho, &hg, &err);
+        for (size_t b = (size_t)(n * dim) * 4; b < hn * 4 + 64; b++)
+            if (gh[b] != CANARY)
+                abort();
+        for (size_t b = (size_t)(hv * dim) * 4; b < wn * 4 + 64; b++)
+            if (gw[b] != CANARY)
+                abort();
+        for (size_t b = (size_t)hv * 4; b < (size_t)hv * 4 + 64; b++)
+            if (gb[b] != CANARY)
+                abort();
+    }
+    free(hid);
+    free(w);
+    free(bias);
+    free(ht);
+    free(gh);
+    free(gw);
+    free(gb);
     /* nothing may be written to a row's padding or past the last row */
     const size_t es = gr.dtype == TL_BF16 ? 2 : 4;
     for (int64_t row = 0; row < n; row++)
