@@ -39,6 +39,26 @@ static float take_float(reader *r)
 
 #define CANARY 0x5au
 
+/* A datum of loss lossfn over n positions of k targets. */
+static tl_datum datum_of(int lossfn, const int64_t *t, const float *up,
+                         const float *q, const float *a, int64_t n, int64_t k)
+{
+    tl_datum d;
+    memset(&d, 0, sizeof d);
+    d.target_tokens = k > 1 ? tl_tensor_2d(t, TL_I64, n, k)
+                            : tl_tensor_1d(t, TL_I64, n);
+    if (lossfn == 0) {
+        d.weights = k > 1 ? tl_tensor_2d(up, TL_F32, n, k)
+                          : tl_tensor_1d(up, TL_F32, n);
+    } else {
+        d.logprobs = k > 1 ? tl_tensor_2d(q, TL_F32, n, k)
+                           : tl_tensor_1d(q, TL_F32, n);
+        d.advantages = k > 1 ? tl_tensor_2d(a, TL_F32, n, k)
+                             : tl_tensor_1d(a, TL_F32, n);
+    }
+    return d;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     reader r = {data, size};
@@ -96,19 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tl_loss_config_init(&cfg, names[lossfn], lossfn == 4 ? kb : NULL,
                             lossfn == 4 ? vb : NULL, lossfn == 4, &err) ==
         TL_OK) {
-        tl_datum d;
-        memset(&d, 0, sizeof d);
-        d.target_tokens = k > 1 ? tl_tensor_2d(t, TL_I64, n, k)
-                                : tl_tensor_1d(t, TL_I64, n);
-        if (lossfn == 0)
-            d.weights = k > 1 ? tl_tensor_2d(up, TL_F32, n, k)
-                              : tl_tensor_1d(up, TL_F32, n);
-        else {
-            d.logprobs = k > 1 ? tl_tensor_2d(q, TL_F32, n, k)
-                               : tl_tensor_1d(q, TL_F32, n);
-            d.advantages = k > 1 ? tl_tensor_2d(a, TL_F32, n, k)
-                                 : tl_tensor_1d(a, TL_F32, n);
-        }
+        tl_datum d = datum_of(lossfn, t, up, q, a, n, k);
         d.logits = lg;
         float *lps[1] = {lp};
         tl_metrics m;
@@ -138,19 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             bias[i] = (take(&r, 1) & 15) ? 0.25f : take_float(&r);
         for (int64_t i = 0; i < n * k; i++)
             ht[i] = t[i] >= 0 ? t[i] % hv : t[i];
-        tl_datum d;
-        memset(&d, 0, sizeof d);
-        d.target_tokens = k > 1 ? tl_tensor_2d(ht, TL_I64, n, k)
-                                : tl_tensor_1d(ht, TL_I64, n);
-        if (lossfn == 0)
-            d.weights = k > 1 ? tl_tensor_2d(up, TL_F32, n, k)
-                              : tl_tensor_1d(up, TL_F32, n);
-        else {
-            d.logprobs = k > 1 ? tl_tensor_2d(q, TL_F32, n, k)
-                               : tl_tensor_1d(q, TL_F32, n);
-            d.advantages = k > 1 ? tl_tensor_2d(a, TL_F32, n, k)
-                                 : tl_tensor_1d(a, TL_F32, n);
-        }
+        tl_datum d = datum_of(lossfn, ht, up, q, a, n, k);
         const tl_head head = {w, (take(&r, 1) & 1) ? bias : NULL, hv, dim,
                               dim};
         const tl_hidden hs = {hid, n, dim};
