@@ -23,7 +23,10 @@
  * interleaved with the timed calls so that both see the same machine. The
  * roofline of fwd is one read of the logits at the read bandwidth; that of
  * fwdbwd one read of the logits plus one write of the gradient at the copy
- * bandwidth (which counts bytes read plus bytes written).
+ * bandwidth (which counts bytes read plus bytes written). For fwdbwd it
+ * also measures the same traffic in the access pattern a fused gradient
+ * cannot avoid (each row read whole before any of its gradient is
+ * written), with no arithmetic: pat_GB/s and pat_% (see bw_pattern).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "tinkerloss.h"
@@ -78,6 +81,62 @@ static double bw_copy(int threads)
         bw_b[i] = bw_a[i];
     return now() - t0;
 }
+
+/* The access pattern of a fused gradient with no arithmetic: rows of
+ * `row_bytes` are each read once from memory (an OR reduction), then read
+ * again from cache and written with non-temporal stores, the writes of a
+ * row interleaved in chunks with the reads of the next row, as the
+ * library does. Its bandwidth (bytes read plus written) bounds any
+ * fwdbwd that must see a whole row before writing any of its gradient.
+ * Seconds for BW_BYTES read and written; negative where SSE2 is absent. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static double bw_pattern(int threads, size_t row_bytes)
+{
+    const size_t row = row_bytes / 16 * 16, rows = BW_BYTES / row;
+    const size_t chunk = 8192; /* bytes of one interleaved step */
+    const double t0 = now();
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const size_t t = (size_t)omp_get_thread_num(),
+                     nt = (size_t)omp_get_num_threads();
+#else
+        const size_t t = 0, nt = 1;
+#endif
+        const size_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        const char *pa = NULL;
+        char *pb = NULL;
+        __m128i pk = _mm_setzero_si128();
+        for (size_t r = r0; r <= r1; r++) {
+            const char *a = r < r1 ? (const char *)bw_a + r * row : NULL;
+            __m128i acc = _mm_setzero_si128();
+            for (size_t j = 0; j < row; j += chunk) {
+                const size_t e = j + chunk < row ? j + chunk : row;
+                for (size_t q = j; a && q < e; q += 16)
+                    acc = _mm_or_si128(acc, _mm_loadu_si128(
+                                                (const __m128i *)(a + q)));
+                for (size_t q = j; pa && q < e; q += 16)
+                    _mm_stream_si128((__m128i *)(pb + q),
+                                     _mm_xor_si128(_mm_loadu_si128(
+                                         (const __m128i *)(pa + q)), pk));
+            }
+            pa = a;
+            pb = a ? (char *)bw_b + r * row : NULL;
+            pk = acc;
+        }
+        _mm_sfence();
+    }
+    return (now() - t0) * (double)BW_BYTES / (double)(rows * row);
+}
+#else
+static double bw_pattern(int threads, size_t row_bytes)
+{
+    (void)threads;
+    (void)row_bytes;
+    return -1.0;
+}
+#endif
 
 /* ---- the workload --------------------------------------------------------- */
 
@@ -183,6 +242,7 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     double *tk = malloc((size_t)r * sizeof *tk);
     double *tr = malloc((size_t)r * sizeof *tr);
     double *tc = malloc((size_t)r * sizeof *tc);
+    double *tp = malloc((size_t)r * sizeof *tp);
     tl_metrics m;
     tl_error e;
     /* warm-up call, then timed calls interleaved with the bandwidth runs */
@@ -192,6 +252,7 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
         free(tk);
         free(tr);
         free(tc);
+        free(tp);
         return -1;
     }
     for (int k = 0; k < r; k++) {
@@ -201,6 +262,8 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                             NULL);
         tk[k] = now() - t0;
         tc[k] = bw_copy(threads);
+        tp[k] = fwdbwd ? bw_pattern(threads, (size_t)wk->v * (bf16 ? 2 : 4))
+                       : -1.0;
     }
     const double read_gbps = (double)BW_BYTES / median(tr, r) * 1e-9;
     const double copy_gbps = 2.0 * (double)BW_BYTES / median(tc, r) * 1e-9;
@@ -209,6 +272,14 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                          (fwdbwd ? 2.0 : 1.0);
     const double gbps = bytes / med * 1e-9;
     const double roof = fwdbwd ? copy_gbps : read_gbps;
+    const double tpat = median(tp, r);
+    const double pat_gbps = tpat > 0 ? 2.0 * (double)BW_BYTES / tpat * 1e-9
+                                     : -1.0;
+    char pat_json[96] = "";
+    if (pat_gbps > 0)
+        snprintf(pat_json, sizeof pat_json,
+                 ", \"pattern_gbps\": %.3f, \"pattern_fraction\": %.4f",
+                 pat_gbps, gbps / pat_gbps);
     const double err = logprob_error(wk, bf16, wk->lp);
     const char *isa = tl_isa_name(tl_isa_active());
     if (c->json) {
@@ -218,26 +289,32 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                "\"ms_min\": %.4f, \"gbps\": %.3f, \"tokens_per_s\": %.1f, "
                "\"read_gbps\": %.3f, \"copy_gbps\": %.3f, "
                "\"roofline_gbps\": %.3f, \"roofline_fraction\": %.4f, "
-               "\"max_abs_logprob_error\": %.3e, \"loss_sum\": %.9g}\n",
+               "\"max_abs_logprob_error\": %.3e, \"loss_sum\": %.9g%s}\n",
                c->loss, fwdbwd ? "fwdbwd" : "fwd", bf16 ? "bf16" : "f32",
                (long long)wk->n, (long long)wk->v, bf16 ? "bf16" : "f32",
                fwdbwd ? "fwdbwd" : "fwd", c->loss, threads, isa, 1e3 * med,
                1e3 * mn, gbps, (double)wk->n / med, read_gbps, copy_gbps, roof,
-               gbps / roof, err, *tl_metrics_get(&m, "loss:sum"));
+               gbps / roof, err, *tl_metrics_get(&m, "loss:sum"), pat_json);
     } else {
         if (first)
-            printf("%-6s %-5s %-7s %3s %9s %9s %8s %11s %9s %7s %9s\n", "isa",
-                   "dtype", "mode", "thr", "ms_median", "ms_min", "GB/s",
-                   "tokens/s", "roof_GB/s", "roof_%", "lp_error");
+            printf("%-6s %-5s %-7s %3s %9s %9s %8s %11s %9s %7s %9s %9s "
+                   "%6s\n", "isa", "dtype", "mode", "thr", "ms_median",
+                   "ms_min", "GB/s", "tokens/s", "roof_GB/s", "roof_%",
+                   "lp_error", "pat_GB/s", "pat_%");
         printf("%-6s %-5s %-7s %3d %9.3f %9.3f %8.2f %11.0f %9.2f %6.1f%% "
-               "%9.2e\n", isa, bf16 ? "bf16" : "f32",
+               "%9.2e", isa, bf16 ? "bf16" : "f32",
                fwdbwd ? "fwdbwd" : "fwd", threads, 1e3 * med, 1e3 * mn, gbps,
                (double)wk->n / med, roof, 100.0 * gbps / roof, err);
+        if (pat_gbps > 0)
+            printf(" %9.2f %5.1f%%\n", pat_gbps, 100.0 * gbps / pat_gbps);
+        else
+            printf(" %9s %6s\n", "-", "-");
     }
     fflush(stdout);
     free(tk);
     free(tr);
     free(tc);
+    free(tp);
     return 0;
 }
 
