@@ -5,6 +5,7 @@
 #include "common.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -719,6 +720,65 @@ START_TEST(test_empty_batch)
 }
 END_TEST
 
+/* OpenBLAS's own thread count is what it was before a call, and calls
+ * from several threads at once (each holding OpenBLAS at one thread)
+ * give the serial results bit for bit. */
+typedef struct {
+    const hb_t *b;
+    hres_t x;
+    tl_status s;
+} head_job_t;
+
+static void *head_job_run(void *arg)
+{
+    head_job_t *j = arg;
+    tl_head_options ho = tl_head_options_default();
+    ho.block_tokens = 8;
+    j->s = run_head(j->b, &ho, 2, &j->x, NULL);
+    return NULL;
+}
+
+START_TEST(test_blas_threads_and_concurrency)
+{
+    const int64_t n[2] = {21, 9};
+    hb_t b;
+    make_hb(&b, "importance_sampling", 2, n, 3001, 48, 1, 1.0, 81);
+    openblas_set_num_threads(2);
+    head_job_t serial = {&b, {0}, TL_OK};
+    alloc_res(&serial.x, &b);
+    head_job_run(&serial);
+    ck_assert_int_eq(serial.s, TL_OK);
+    if (openblas_get_parallel() == 1)
+        ck_assert_int_eq(openblas_get_num_threads(), 2);
+    enum { NJ = 3 };
+    head_job_t jobs[NJ];
+    pthread_t th[NJ];
+    for (int k = 0; k < NJ; k++) {
+        jobs[k] = (head_job_t){&b, {0}, TL_ERR_NULL};
+        alloc_res(&jobs[k].x, &b);
+        ck_assert_int_eq(pthread_create(&th[k], NULL, head_job_run, &jobs[k]),
+                         0);
+    }
+    for (int k = 0; k < NJ; k++)
+        ck_assert_int_eq(pthread_join(th[k], NULL), 0);
+    const int64_t rows = b.off[b.nd];
+    for (int k = 0; k < NJ; k++) {
+        ck_assert_int_eq(jobs[k].s, TL_OK);
+        ck_assert(!memcmp(jobs[k].x.lp, serial.x.lp,
+                          (size_t)rows * sizeof(float)));
+        ck_assert(!memcmp(jobs[k].x.gh, serial.x.gh,
+                          (size_t)(rows * b.d) * sizeof(float)));
+        ck_assert(!memcmp(jobs[k].x.gw, serial.x.gw,
+                          (size_t)(b.v * b.d) * sizeof(float)));
+        free_res(&jobs[k].x);
+    }
+    if (openblas_get_parallel() == 1)
+        ck_assert_int_eq(openblas_get_num_threads(), 2);
+    free_res(&serial.x);
+    free_hb(&b);
+}
+END_TEST
+
 static Suite *head_suite(void)
 {
     Suite *s = suite_create("head");
@@ -733,6 +793,7 @@ static Suite *head_suite(void)
     tcase_add_test(tc, test_plan);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_empty_batch);
+    tcase_add_test(tc, test_blas_threads_and_concurrency);
     suite_add_tcase(s, tc);
     return s;
 }
