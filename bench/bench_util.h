@@ -3,6 +3,8 @@
 #ifndef TL_BENCH_UTIL_H
 #define TL_BENCH_UTIL_H
 
+#include "tinkerloss.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -86,6 +88,39 @@ static inline double peak_end(double start)
 {
     const double hwm = proc_status_bytes("VmHWM");
     return start < 0 || hwm < 0 ? -1.0 : hwm - start;
+}
+
+/* The benchmark's loss config (dro with beta 0.05); 0, or -2 after
+ * saying why. */
+static inline int bench_loss_config(const char *name, tl_loss_config *cfg)
+{
+    const char *kb[1] = {"beta"};
+    const double vb[1] = {0.05};
+    const int dro = strcmp(name, "dro") == 0;
+    tl_error e;
+    if (tl_loss_config_init(cfg, name, dro ? kb : NULL, dro ? vb : NULL, dro,
+                            &e) != TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", e.message);
+        return -2;
+    }
+    return 0;
+}
+
+/* A datum of n tokens with the inputs its loss takes (no logits). */
+static inline tl_datum bench_datum(const tl_loss_config *cfg,
+                                   const int64_t *t, const float *w,
+                                   const float *q, const float *a, int64_t n)
+{
+    tl_datum d;
+    memset(&d, 0, sizeof d);
+    d.target_tokens = tl_tensor_1d(t, TL_I64, n);
+    if (cfg->fn == TL_LOSS_CROSS_ENTROPY) {
+        d.weights = tl_tensor_1d(w, TL_F32, n);
+    } else {
+        d.logprobs = tl_tensor_1d(q, TL_F32, n);
+        d.advantages = tl_tensor_1d(a, TL_F32, n);
+    }
+    return d;
 }
 
 #endif

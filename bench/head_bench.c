@@ -85,23 +85,9 @@ static int hwork_make(hwork *k, const head_cfg *c)
         return -1;
     for (int64_t i = 0; i < n; i++)
         k->q[i] = k->lpv[i] + (float)(0.2 * normal());
-    const char *kb[1] = {"beta"};
-    const double vb[1] = {0.05};
-    const int dro = strcmp(c->loss, "dro") == 0;
-    tl_error e;
-    if (tl_loss_config_init(&k->cfg, c->loss, dro ? kb : NULL,
-                            dro ? vb : NULL, dro, &e) != TL_OK) {
-        fprintf(stderr, "ppo_bench: %s\n", e.message);
+    if (bench_loss_config(c->loss, &k->cfg))
         return -2;
-    }
-    memset(&k->dat, 0, sizeof k->dat);
-    k->dat.target_tokens = tl_tensor_1d(k->t, TL_I64, n);
-    if (k->cfg.fn == TL_LOSS_CROSS_ENTROPY) {
-        k->dat.weights = tl_tensor_1d(k->wt, TL_F32, n);
-    } else {
-        k->dat.logprobs = tl_tensor_1d(k->q, TL_F32, n);
-        k->dat.advantages = tl_tensor_1d(k->a, TL_F32, n);
-    }
+    k->dat = bench_datum(&k->cfg, k->t, k->wt, k->q, k->a, n);
     return 0;
 }
 

@@ -182,29 +182,12 @@ static int make_work(work *wk, const cfg *c)
         return -1;
     for (int64_t i = 0; i < n; i++)
         wk->q[i] = wk->lp[i] + (float)(0.2 * normal());
-    const char *kb[1] = {"beta"};
-    const double vb[1] = {0.05};
-    const int dro = strcmp(c->loss, "dro") == 0;
-    tl_error e;
-    if (tl_loss_config_init(&wk->cfg, c->loss, dro ? kb : NULL,
-                            dro ? vb : NULL, dro, &e) != TL_OK) {
-        fprintf(stderr, "ppo_bench: %s\n", e.message);
-        return -2;
-    }
-    return 0;
+    return bench_loss_config(c->loss, &wk->cfg);
 }
 
 static tl_datum datum_of(const work *wk, int bf16)
 {
-    tl_datum d;
-    memset(&d, 0, sizeof d);
-    d.target_tokens = tl_tensor_1d(wk->t, TL_I64, wk->n);
-    if (wk->cfg.fn == TL_LOSS_CROSS_ENTROPY) {
-        d.weights = tl_tensor_1d(wk->w, TL_F32, wk->n);
-    } else {
-        d.logprobs = tl_tensor_1d(wk->q, TL_F32, wk->n);
-        d.advantages = tl_tensor_1d(wk->a, TL_F32, wk->n);
-    }
+    tl_datum d = bench_datum(&wk->cfg, wk->t, wk->w, wk->q, wk->a, wk->n);
     d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
                            bf16 ? TL_BF16 : TL_F32, wk->n, wk->v, wk->v};
     return d;

@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef tl_batch batch;
-
 void tl__batch_free(tl_batch *b)
 {
     free(b->shape);
@@ -17,7 +15,7 @@ void tl__batch_free(tl_batch *b)
     free(b->row_datum);
 }
 
-static tl_status check_outputs(const tl_datum *data, const batch *b,
+static tl_status check_outputs(const tl_datum *data, const tl_batch *b,
                                float *const *logprobs, const tl_grad *grads,
                                tl_error *err)
 {
@@ -86,7 +84,7 @@ tl_status tl__batch_init(tl_batch *b, const tl_loss_config *cfg,
 }
 
 /* Report the failure of global row r (1: bad logits row, 2: overflow). */
-static tl_status row_error(const tl_datum *data, const batch *b, int64_t r,
+static tl_status row_error(const tl_datum *data, const tl_batch *b, int64_t r,
                            int code, tl_error *err)
 {
     const int64_t i = b->row_datum[r], row = r - b->row_off[i];
@@ -154,7 +152,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
 {
     tl_options o;
     tl_status s;
-    batch b;
+    tl_batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
@@ -267,7 +265,7 @@ static void fwd_free(fwd_bufs *f)
 
 /* Allocate and run the forward pass of every datum (tl_logprobs_multi);
  * entropy per row if want_entropy. */
-static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
+static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const tl_batch *b,
                          const tl_options *o, int want_entropy,
                          const tl_grad *grads, tl_error *err)
 {
@@ -301,7 +299,7 @@ static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const batch *b,
 
 /* Chain per-datum dL/dlogprobs gd to the logits gradients. */
 static tl_status bwd_run(const fwd_bufs *f, const tl_datum *data,
-                         const batch *b, const tl_options *o,
+                         const tl_batch *b, const tl_options *o,
                          const tl_grad *grads, tl_error *err)
 {
     for (int64_t i = 0; grads && i < b->ndata; i++) {
@@ -323,7 +321,7 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
 {
     tl_options o;
     tl_status s;
-    batch b;
+    tl_batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
@@ -455,7 +453,7 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
         return tl__fail(err, TL_ERR_NULL, "fn", -1, "fn is NULL");
     tl_options o;
     tl_status s;
-    batch b;
+    tl_batch b;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__batch_init(&b, NULL, data, ndata, 1, logprobs, grads, err)))
         return s;

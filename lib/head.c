@@ -127,6 +127,11 @@ static int64_t piece_len(int64_t bv)
     return pl < HEAD_MIN_PIECE ? HEAD_MIN_PIECE : pl;
 }
 
+static int64_t n_pieces(int64_t bv)
+{
+    return (bv + piece_len(bv) - 1) / piece_len(bv);
+}
+
 /* Workspace of one call, as segments of one allocation. */
 typedef struct head_ws {
     size_t logits, hid, part, gh, max, sum, wsum, xt, coef, fix, total;
@@ -144,8 +149,7 @@ static size_t seg(size_t *at, size_t bytes)
 static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
                      int with_gh, head_ws *w)
 {
-    const int64_t pieces = with_gh ? (bv + piece_len(bv) - 1) / piece_len(bv)
-                                   : 0;
+    const int64_t pieces = with_gh ? n_pieces(bv) : 0;
     const double est = 4.0 * (double)nb *
                            ((double)block_ld(bv) + (double)d * (2 + pieces)) +
                        (double)nb * (64.0 + 16.0 * (double)k);
@@ -190,11 +194,10 @@ static tl_status check_head(const tl_head *h, tl_error *err)
         return tl__fail(err, TL_ERR_SIZE, "head", -1,
                         "head.vocab and head.stride must fit OpenBLAS's "
                         "32-bit sizes");
-    if ((h->vocab - 1) > (PTRDIFF_MAX / 4 - h->dim) / h->stride)
-        return tl__fail(err, TL_ERR_SIZE, "head", -1,
-                        "head: vocab %lld x stride %lld overflows the "
-                        "address space", (long long)h->vocab,
-                        (long long)h->stride);
+    tl_status s = tl__check_extent(h->vocab, h->dim, h->stride, TL_F32,
+                                   "head", err);
+    if (s)
+        return s;
     if (!h->weight)
         return tl__fail(err, TL_ERR_NULL, "head.weight", -1,
                         "head.weight is NULL");
@@ -217,11 +220,10 @@ static tl_status check_hidden(const tl_hidden *hd, const tl_head *h,
         return tl__fail(err, TL_ERR_SIZE, name, -1,
                         "%s.stride %lld is less than head.dim %lld", name,
                         (long long)hd->stride, (long long)h->dim);
-    if ((rows - 1) > (PTRDIFF_MAX / 4 - h->dim) / hd->stride)
-        return tl__fail(err, TL_ERR_SIZE, name, -1,
-                        "%s: rows %lld x stride %lld overflows the address "
-                        "space", name, (long long)rows,
-                        (long long)hd->stride);
+    tl_status s = tl__check_extent(rows, h->dim, hd->stride, TL_F32, name,
+                                   err);
+    if (s)
+        return s;
     if (!hd->data)
         return tl__fail(err, TL_ERR_NULL, name, -1,
                         "%s.data is NULL with %lld rows", name,
@@ -309,10 +311,11 @@ tl_status tl_head_plan(const tl_head *head, int64_t rows, int64_t k,
     tl_status s;
     if ((s = check_head(head, err)))
         return s;
-    if (rows < 0 || k < 1 || k > TL_MAX_TARGETS)
+    if ((s = tl__check_k(k, err)))
+        return s;
+    if (rows < 0)
         return tl__fail(err, TL_ERR_SIZE, "rows", -1,
-                        "rows (%lld) must be >= 0 and k (%lld) in [1, %d]",
-                        (long long)rows, (long long)k, TL_MAX_TARGETS);
+                        "rows must be >= 0, got %lld", (long long)rows);
     int64_t bt, bv;
     size_t ws;
     if ((s = plan(head, rows, k, ho, 1, &bt, &bv, &ws, err)))
@@ -337,21 +340,20 @@ typedef struct hrow {
     float *gh;          /* grad hidden row, or NULL */
 } hrow;
 
-typedef struct head_job head_job;
-
-/* Upstream gradient g[k] of row r from its logprobs lp[k]; returns 0, or
- * 3 if the loss overflows. */
-typedef int (*head_g_fn)(const head_job *job, int64_t r, const double *lp,
-                         double *g);
-
-struct head_job {
+typedef struct head_job {
     const tl_head *head;
     const hrow *row;
     int64_t rows, kmax;
     double temperature;
     int want_entropy;
-    head_g_fn gfn;              /* NULL: forward only */
-    void *ctx;
+    /* the upstream gradient: the loss cfg over the datums of batch (loss
+     * per token to `loss`), or given per token (g_in), or neither
+     * (forward only) */
+    const tl_loss_config *cfg;
+    const tl_datum *data;
+    const tl_batch *batch;      /* NULL: a single hidden matrix */
+    double *loss;
+    const float *g_in;
     const tl_head_grads *grads; /* NULL: forward only */
     int64_t bt, bv;
     /* results */
@@ -359,7 +361,32 @@ struct head_job {
     double *lse, *ent;          /* per row, or NULL */
     unsigned char *bad;         /* per row: 1 bad logits, 2 gradient or
                                    3 loss overflow */
-};
+} head_job;
+
+/* Upstream gradient g[k] of row r from its logprobs lp[k]; returns 0, or
+ * 3 if the loss overflows float32. */
+static int row_upstream(const head_job *job, int64_t r, const double *lp,
+                        double *g)
+{
+    const hrow *hr = &job->row[r];
+    if (!job->cfg) {
+        for (int64_t q = 0; q < hr->k; q++)
+            g[q] = (double)job->g_in[hr->t0 + q];
+        return 0;
+    }
+    const int64_t i = job->batch->row_datum[r];
+    const int64_t t = hr->t0 - job->batch->tok_off[i]; /* in the datum */
+    int code = 0;
+    for (int64_t q = 0; q < hr->k; q++) {
+        tl_tokin in;
+        tl__token_inputs(job->cfg, &job->data[i], t + q, hr->k, &in);
+        tl__loss_token(job->cfg, (double)(float)lp[q], &in,
+                       &job->loss[hr->t0 + q], &g[q]);
+        if (tl__loss_overflows(job->loss[hr->t0 + q], g[q]))
+            code = 3;
+    }
+    return code;
+}
 
 /* L[0:nb, 0:len] = Hb @ W[v0:v0+len]^T + b[v0:v0+len], chunk by chunk. */
 static void logits_block(const head_job *job, const float *hb, int64_t nb,
@@ -467,10 +494,10 @@ static void row_finish(const head_job *job, const rowstate *st, int64_t i,
         job->lse[r] = rr.lse;
     if (job->ent)
         job->ent[r] = rr.entropy;
-    if (!job->gfn)
+    if (!job->cfg && !job->g_in)
         return;
     double g[TL_MAX_TARGETS];
-    const int code = job->gfn(job, r, lp, g);
+    const int code = row_upstream(job, r, lp, g);
     if (code) {
         job->bad[r] = (unsigned char)code;
         return;
@@ -531,8 +558,7 @@ static void grad_hidden_pieces(const head_job *job, const float *G,
                                int64_t len, float *part)
 {
     const tl_head *h = job->head;
-    const int64_t d = h->dim, pl = piece_len(len);
-    const int64_t np = (len + pl - 1) / pl;
+    const int64_t d = h->dim, pl = piece_len(len), np = n_pieces(len);
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < np; p++) {
         const int64_t p0 = p * pl, plen = len - p0 < pl ? len - p0 : pl;
@@ -672,10 +698,8 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
                                 gr->accumulate || tb > 0);
 #pragma omp barrier
                 if (with_gh)
-                    grad_hidden_sum(job, part,
-                                    (len + piece_len(len) - 1) /
-                                        piece_len(len),
-                                    nb, ghb, vb > 0);
+                    grad_hidden_sum(job, part, n_pieces(len), nb, ghb,
+                                    vb > 0);
             }
             if (with_gh) {
 #pragma omp for schedule(static)
@@ -702,9 +726,32 @@ static int head_threads(const tl_options *o, int64_t bv)
     return tl__threads(o, (bv + HEAD_CHUNK - 1) / HEAD_CHUNK + 1);
 }
 
-static tl_status bad_row_error(const head_job *job, int64_t r,
-                               const char *name, int64_t row, tl_error *err)
+static int wants_grads(const tl_head_grads *gr)
 {
+    return gr && (gr->hidden || gr->weight || gr->bias);
+}
+
+/* Datum i's grad hidden buffer, needed when it has rows. */
+static tl_status check_grad_hidden(const tl_head_grads *gr, int64_t i,
+                                   int64_t rows, tl_error *err)
+{
+    if (gr && gr->hidden && rows > 0 && !gr->hidden[i])
+        return tl__fail(err, TL_ERR_NULL, "grads.hidden", i,
+                        "grads.hidden[%lld] is NULL", (long long)i);
+    return TL_OK;
+}
+
+/* The error of bad row r (code 1 or 2): named after the datum's hidden
+ * states, or "hidden" for a single matrix. */
+static tl_status bad_row_error(const head_job *job, int64_t r, tl_error *err)
+{
+    char name[48] = "hidden";
+    int64_t row = r;
+    if (job->batch) {
+        const int64_t i = job->batch->row_datum[r];
+        snprintf(name, sizeof name, "data[%lld].hidden", (long long)i);
+        row = r - job->batch->row_off[i];
+    }
     if (job->bad[r] == 2)
         return tl__fail(err, TL_ERR_VALUE, name, row,
                         "the gradient of %s row %lld overflows float32 "
@@ -716,57 +763,68 @@ static tl_status bad_row_error(const head_job *job, int64_t r,
                     "-inf", name, (long long)row);
 }
 
-/* g given per token (tl_head_backward). */
-static int given_g(const head_job *job, int64_t r, const double *lp,
-                   double *g)
+/* Plan, run and report a laid-out job. A row whose loss overflows is left
+ * to the caller: *overflow receives it (or -1). */
+static tl_status run_job(head_job *job, const tl_options *o,
+                         const tl_head_options *ho, int64_t *overflow,
+                         tl_error *err)
 {
-    const float *gin = job->ctx;
-    const hrow *hr = &job->row[r];
-    (void)lp;
-    for (int64_t q = 0; q < hr->k; q++)
-        g[q] = (double)gin[hr->t0 + q];
-    return 0;
+    tl_status s;
+    size_t ws;
+    int64_t stop = -1;
+    const int with_gh = job->grads && job->grads->hidden;
+    if ((s = plan(job->head, job->rows, job->kmax, ho, with_gh, &job->bt,
+                  &job->bv, &ws, err)) ||
+        (s = head_run(job, head_threads(o, job->bv), &stop, err)))
+        return s;
+    if (overflow)
+        *overflow = stop >= 0 && job->bad[stop] == 3 ? stop : -1;
+    if (stop >= 0 && job->bad[stop] != 3)
+        return bad_row_error(job, stop, err);
+    return TL_OK;
 }
 
-/* A single [rows, dim] hidden matrix as rows of a job. */
-static tl_status single_rows(const tl_hidden *hidden, const int64_t *targets,
-                             int64_t k, int64_t dim, float *gh, hrow **out,
-                             tl_error *err)
+/* A single [rows, dim] hidden matrix with k targets per row: validate and
+ * lay out the job (its row array is the caller's to free); gh is the grad
+ * hidden output or NULL. With nothing to compute (`empty`) only the
+ * options are checked and job->row stays NULL. */
+static tl_status single_job(const tl_head *head, const tl_hidden *hidden,
+                            const int64_t *targets, int64_t k,
+                            const tl_options *opts,
+                            const tl_head_options *ho, float *gh, int empty,
+                            tl_options *o, head_job *job, tl_error *err)
 {
+    tl_status s;
+    memset(job, 0, sizeof *job);
+    if ((s = tl__check_options(opts, o, err)) || (s = check_head(head, err)))
+        return s;
+    if (!hidden)
+        return tl__fail(err, TL_ERR_NULL, "hidden", -1, "hidden is NULL");
+    if ((s = tl__check_k(k, err)))
+        return s;
     const int64_t n = hidden->rows;
+    if (n < 0)
+        return tl__fail(err, TL_ERR_SIZE, "hidden.rows", -1,
+                        "hidden.rows must be >= 0, got %lld", (long long)n);
+    if ((s = check_hidden(hidden, head, n, "hidden", err)) ||
+        (s = tl__check_tokens(targets, n * k, head->vocab, "targets", err)))
+        return s;
+    if (empty)
+        return plan(head, n, k, ho, 0, &job->bt, &job->bv, &(size_t){0},
+                    err);
     hrow *row = malloc((size_t)(n + 1) * sizeof *row);
     if (!row)
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     for (int64_t i = 0; i < n; i++)
         row[i] = (hrow){hidden->data + (size_t)i * (size_t)hidden->stride,
                         targets + i * k, k, i * k,
-                        gh ? gh + (size_t)i * (size_t)dim : NULL};
-    *out = row;
+                        gh ? gh + (size_t)i * (size_t)head->dim : NULL};
+    job->head = head;
+    job->row = row;
+    job->rows = n;
+    job->kmax = k;
+    job->temperature = o->temperature;
     return TL_OK;
-}
-
-static tl_status check_single(const tl_head *head, const tl_hidden *hidden,
-                              const int64_t *targets, int64_t k,
-                              const tl_options *opts, tl_options *o,
-                              tl_error *err)
-{
-    tl_status s;
-    if ((s = tl__check_options(opts, o, err)) || (s = check_head(head, err)))
-        return s;
-    if (!hidden)
-        return tl__fail(err, TL_ERR_NULL, "hidden", -1, "hidden is NULL");
-    if (k < 1 || k > TL_MAX_TARGETS)
-        return tl__fail(err, TL_ERR_SIZE, "k", -1,
-                        "k (targets per row) must be in [1, %d], got %lld",
-                        TL_MAX_TARGETS, (long long)k);
-    if (hidden->rows < 0)
-        return tl__fail(err, TL_ERR_SIZE, "hidden.rows", -1,
-                        "hidden.rows must be >= 0, got %lld",
-                        (long long)hidden->rows);
-    if ((s = check_hidden(hidden, head, hidden->rows, "hidden", err)))
-        return s;
-    return tl__check_tokens(targets, hidden->rows * k, head->vocab,
-                            "targets", err);
 }
 
 tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
@@ -776,40 +834,27 @@ tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
                            tl_error *err)
 {
     tl_options o;
-    tl_status s;
-    if ((s = check_single(head, hidden, targets, k, opts, &o, err)))
-        return s;
-    const int64_t n = hidden->rows;
-    if (n > 0 && !logprobs)
-        return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
-                        "logprobs is NULL with %lld rows", (long long)n);
     head_job job;
-    memset(&job, 0, sizeof job);
-    if ((s = plan(head, n, k, ho, 0, &job.bt, &job.bv, &(size_t){0}, err)))
+    tl_status s;
+    if ((s = single_job(head, hidden, targets, k, opts, ho, NULL, 0, &o, &job,
+                        err)))
         return s;
-    if (n == 0)
-        return tl__ok(err);
-    hrow *row = NULL;
-    if ((s = single_rows(hidden, targets, k, head->dim, NULL, &row, err)))
-        return s;
-    job.head = head;
-    job.row = row;
-    job.rows = n;
-    job.kmax = k;
-    job.temperature = o.temperature;
+    const int64_t n = job.rows;
+    if (n == 0 || !logprobs) {
+        free((void *)job.row);
+        return n == 0 ? tl__ok(err)
+                      : tl__fail(err, TL_ERR_NULL, "logprobs", -1,
+                                 "logprobs is NULL with %lld rows",
+                                 (long long)n);
+    }
     job.want_entropy = entropy != NULL;
     job.lp = malloc((size_t)(n * k) * sizeof *job.lp);
     job.lse = malloc((size_t)n * sizeof *job.lse);
     job.ent = malloc((size_t)n * sizeof *job.ent);
     job.bad = calloc((size_t)n, 1);
-    int64_t stop = -1;
     if (!job.lp || !job.lse || !job.ent || !job.bad)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-    else
-        s = head_run(&job, head_threads(&o, job.bv), &stop, err);
-    if (!s && stop >= 0)
-        s = bad_row_error(&job, stop, "hidden", stop, err);
-    if (!s) {
+    else if (!(s = run_job(&job, &o, ho, NULL, err))) {
         for (int64_t i = 0; i < n * k; i++)
             logprobs[i] = (float)job.lp[i];
         for (int64_t i = 0; i < n; i++) {
@@ -824,61 +869,8 @@ tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
     free(job.lse);
     free(job.ent);
     free(job.bad);
-    free(row);
+    free((void *)job.row);
     return s;
-}
-
-static tl_status check_grads(const tl_head_grads *gr, int64_t ndata,
-                             const int64_t *rows, tl_error *err)
-{
-    if (!gr || !gr->hidden)
-        return TL_OK;
-    for (int64_t i = 0; i < ndata; i++)
-        if (rows[i] > 0 && !gr->hidden[i])
-            return tl__fail(err, TL_ERR_NULL, "grads.hidden", i,
-                            "grads.hidden[%lld] is NULL", (long long)i);
-    return TL_OK;
-}
-
-/* Common part of the two backward entry points over rows already laid
- * out: plan, run, report. */
-static tl_status run_backward(head_job *job, const tl_options *o,
-                              const tl_head_options *ho,
-                              const char *(*row_name)(const head_job *,
-                                                      int64_t, char *,
-                                                      int64_t *),
-                              tl_error *err)
-{
-    tl_status s;
-    size_t ws;
-    const int with_gh = job->grads && job->grads->hidden;
-    if ((s = plan(job->head, job->rows, job->kmax, ho, with_gh, &job->bt,
-                  &job->bv, &ws, err)))
-        return s;
-    int64_t stop = -1;
-    if ((s = head_run(job, head_threads(o, job->bv), &stop, err)))
-        return s;
-    if (stop >= 0 && job->bad[stop] != 3) {
-        char name[96];
-        int64_t row;
-        row_name(job, stop, name, &row);
-        return bad_row_error(job, stop, name, row, err);
-    }
-    return TL_OK;
-}
-
-static const char *single_name(const head_job *job, int64_t r, char *name,
-                               int64_t *row)
-{
-    (void)job;
-    snprintf(name, 96, "hidden");
-    *row = r;
-    return name;
-}
-
-static int wants_grads(const tl_head_grads *gr)
-{
-    return gr && (gr->hidden || gr->weight || gr->bias);
 }
 
 tl_status tl_head_backward(const tl_head *head, const tl_hidden *hidden,
@@ -887,94 +879,33 @@ tl_status tl_head_backward(const tl_head *head, const tl_hidden *hidden,
                            const tl_head_grads *grads, tl_error *err)
 {
     tl_options o;
+    head_job job;
     tl_status s;
-    if ((s = check_single(head, hidden, targets, k, opts, &o, err)))
+    float *gh = grads && grads->hidden ? grads->hidden[0] : NULL;
+    if ((s = single_job(head, hidden, targets, k, opts, ho, gh,
+                        !wants_grads(grads), &o, &job, err)))
         return s;
     const int64_t n = hidden->rows;
     if ((s = tl__check_finite(g, n * k, "g", err)) ||
-        (s = check_grads(grads, 1, &n, err)))
-        return s;
-    if (!wants_grads(grads)) {
-        /* nothing to compute, but the options are still checked */
-        if ((s = plan(head, n, k, ho, 0, &(int64_t){0}, &(int64_t){0},
-                      &(size_t){0}, err)))
-            return s;
-        return tl__ok(err);
+        (s = check_grad_hidden(grads, 0, n, err)) || !job.row) {
+        free((void *)job.row);
+        return s ? s : tl__ok(err);
     }
-    head_job job;
-    memset(&job, 0, sizeof job);
-    hrow *row = NULL;
-    if ((s = single_rows(hidden, targets, k, head->dim,
-                         grads->hidden ? grads->hidden[0] : NULL, &row, err)))
-        return s;
-    job.head = head;
-    job.row = row;
-    job.rows = n;
-    job.kmax = k;
-    job.temperature = o.temperature;
-    job.gfn = given_g;
-    job.ctx = (void *)g;
+    job.g_in = g;
     job.grads = grads;
     job.lp = malloc((size_t)(n * k + 1) * sizeof *job.lp);
     job.bad = calloc((size_t)n + 1, 1);
     if (!job.lp || !job.bad)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-    else if (!(s = run_backward(&job, &o, ho, single_name, err)))
+    else if (!(s = run_job(&job, &o, ho, NULL, err)))
         s = tl__ok(err);
     free(job.lp);
     free(job.bad);
-    free(row);
+    free((void *)job.row);
     return s;
 }
 
 /* ---- batches of datums -------------------------------------------------- */
-
-typedef struct batch_ctx {
-    const tl_loss_config *cfg;
-    const tl_datum *data;
-    const tl_batch *b;
-    double *loss;     /* per token (loss batches) */
-    const float *g;   /* per token (custom backward) */
-} batch_ctx;
-
-static int loss_g(const head_job *job, int64_t r, const double *lp,
-                  double *g)
-{
-    const batch_ctx *bc = job->ctx;
-    const int64_t i = bc->b->row_datum[r], row = r - bc->b->row_off[i];
-    const int64_t k = bc->b->shape[i].k, t0 = job->row[r].t0;
-    int code = 0;
-    for (int64_t q = 0; q < k; q++) {
-        tl_tokin in;
-        tl__token_inputs(bc->cfg, &bc->data[i], row * k + q, k, &in);
-        tl__loss_token(bc->cfg, (double)(float)lp[q], &in,
-                       &bc->loss[t0 + q], &g[q]);
-        if (tl__loss_overflows(bc->loss[t0 + q], g[q]))
-            code = 3;
-    }
-    return code;
-}
-
-static int batch_given_g(const head_job *job, int64_t r, const double *lp,
-                         double *g)
-{
-    const batch_ctx *bc = job->ctx;
-    const hrow *hr = &job->row[r];
-    (void)lp;
-    for (int64_t q = 0; q < hr->k; q++)
-        g[q] = (double)bc->g[hr->t0 + q];
-    return 0;
-}
-
-static const char *batch_name(const head_job *job, int64_t r, char *name,
-                              int64_t *row)
-{
-    const batch_ctx *bc = job->ctx;
-    const int64_t i = bc->b->row_datum[r];
-    snprintf(name, 96, "data[%lld].hidden", (long long)i);
-    *row = r - bc->b->row_off[i];
-    return name;
-}
 
 /* Validate a head batch and lay out its rows and job (everything but the
  * upstream gradient). */
@@ -991,28 +922,21 @@ static tl_status batch_setup(const tl_loss_config *cfg, const tl_head *head,
         (s = tl__batch_init(b, cfg, data, ndata, 0, logprobs, NULL, err)))
         return s;
     const int64_t rows = b->row_off[ndata];
-    int64_t *nrows = malloc((size_t)(ndata + 1) * sizeof *nrows);
-    if (!nrows) {
-        tl__batch_free(b);
-        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-    }
     if (ndata > 0 && !hidden)
         s = tl__fail(err, TL_ERR_NULL, "hidden", -1, "hidden is NULL");
     for (int64_t i = 0; !s && i < ndata; i++) {
         char name[48];
-        snprintf(name, sizeof name, "data[%lld].hidden", (long long)i);
-        nrows[i] = b->shape[i].n;
         const tl_datum_shape *sh = &b->shape[i];
+        snprintf(name, sizeof name, "data[%lld].hidden", (long long)i);
         if (!(s = check_hidden(&hidden[i], head, sh->n, name, err))) {
             snprintf(name, sizeof name,
                      "data[%lld].loss_fn_inputs.target_tokens", (long long)i);
             s = tl__check_tokens(data[i].target_tokens.data, sh->n * sh->k,
                                  head->vocab, name, err);
         }
+        if (!s)
+            s = check_grad_hidden(grads, i, sh->n, err);
     }
-    if (!s)
-        s = check_grads(grads, ndata, nrows, err);
-    free(nrows);
     hrow *row = s ? NULL : malloc((size_t)(rows + 1) * sizeof *row);
     if (!s && !row)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
@@ -1038,6 +962,8 @@ static tl_status batch_setup(const tl_loss_config *cfg, const tl_head *head,
     job->row = row;
     job->rows = rows;
     job->temperature = o->temperature;
+    job->data = data;
+    job->batch = b;
     return TL_OK;
 }
 
@@ -1058,31 +984,27 @@ tl_status tl_head_forward_backward(const tl_loss_config *cfg,
                          grads, &o, &b, &job, err)))
         return s;
     const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
-    batch_ctx bc = {cfg, data, &b, NULL, NULL};
-    bc.loss = malloc((size_t)(toks + 1) * sizeof *bc.loss);
+    job.cfg = cfg;
+    job.loss = malloc((size_t)(toks + 1) * sizeof *job.loss);
     job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
     job.ent = malloc((size_t)(rows + 1) * sizeof *job.ent);
     job.bad = calloc((size_t)rows + 1, 1);
     job.want_entropy = o.entropy;
-    job.gfn = loss_g;
-    job.ctx = &bc;
     job.grads = wants_grads(grads) ? grads : NULL;
-    if (!bc.loss || !job.lp || !job.ent || !job.bad) {
+    int64_t overflow = -1;
+    if (!job.loss || !job.lp || !job.ent || !job.bad)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-        goto done;
-    }
-    if ((s = run_backward(&job, &o, ho, batch_name, err)))
-        goto done;
-    for (int64_t r = 0; r < rows; r++)
-        if (job.bad[r] == 3) {
-            s = tl__batch_overflow_error(cfg, data, &b, r, job.lp, err);
-            goto done;
+    else if (!(s = run_job(&job, &o, ho, &overflow, err))) {
+        if (overflow >= 0) {
+            s = tl__batch_overflow_error(cfg, data, &b, overflow, job.lp,
+                                         err);
+        } else {
+            tl__batch_finish(cfg, data, &b, job.lp, job.loss, job.ent,
+                             o.entropy, logprobs, metrics);
+            s = tl__ok(err);
         }
-    tl__batch_finish(cfg, data, &b, job.lp, bc.loss, job.ent, o.entropy,
-                     logprobs, metrics);
-    s = tl__ok(err);
-done:
-    free(bc.loss);
+    }
+    free(job.loss);
     free(job.lp);
     free(job.ent);
     free(job.bad);
@@ -1109,22 +1031,21 @@ tl_status tl_head_forward_backward_custom(
                          grads, &o, &b, &job, err)))
         return s;
     const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
-    if ((s = tl__custom_check_weights(&b, weights, err)))
-        goto out;
-    batch_ctx bc = {NULL, data, &b, NULL, NULL};
     float *lpf = malloc((size_t)(toks + 1) * sizeof *lpf);
     float *gf = calloc((size_t)toks + 1, sizeof *gf);
     const float **lpd = malloc((size_t)(ndata + 1) * sizeof *lpd);
     float **gd = malloc((size_t)(ndata + 1) * sizeof *gd);
     job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
     job.bad = calloc((size_t)rows + 1, 1);
-    job.ctx = &bc;
+    double c;
+    if ((s = tl__custom_check_weights(&b, weights, err)))
+        goto done;
     if (!lpf || !gf || !lpd || !gd || !job.lp || !job.bad) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
         goto done;
     }
     /* forward: the logprobs the callback sees */
-    if ((s = run_backward(&job, &o, ho, batch_name, err)))
+    if ((s = run_job(&job, &o, ho, NULL, err)))
         goto done;
     for (int64_t t = 0; t < toks; t++)
         lpf[t] = (float)job.lp[t];
@@ -1132,15 +1053,13 @@ tl_status tl_head_forward_backward_custom(
         lpd[i] = lpf + b.tok_off[i];
         gd[i] = gf + b.tok_off[i];
     }
-    double c;
     if ((s = tl__custom_call(fn, user, data, &b, lpd, gd, &c, metrics, err)))
         goto done;
     /* backward of the surrogate: dL/dlp = g */
     if (wants_grads(grads)) {
-        bc.g = gf;
-        job.gfn = batch_given_g;
+        job.g_in = gf;
         job.grads = grads;
-        if ((s = run_backward(&job, &o, ho, batch_name, err)))
+        if ((s = run_job(&job, &o, ho, NULL, err)))
             goto done;
     }
     tl__custom_outputs(&b, lpd, gd, logprobs, weights);
@@ -1154,7 +1073,6 @@ done:
     free(gd);
     free(job.lp);
     free(job.bad);
-out:
     free((void *)job.row);
     tl__batch_free(&b);
     return s;

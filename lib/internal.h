@@ -41,6 +41,14 @@ tl_status tl__check_options(const tl_options *opts, tl_options *out,
 tl_status tl__check_logits(const tl_logits *lg, const char *name,
                            tl_error *err);
 
+/* A [rows, vocab] matrix of `dtype` with row stride `stride` must be
+ * addressable (rows x stride does not overflow). */
+tl_status tl__check_extent(int64_t rows, int64_t vocab, int64_t stride,
+                           tl_dtype dtype, const char *name, tl_error *err);
+
+/* Targets per row: 1 <= k <= TL_MAX_TARGETS, else TL_ERR_SIZE. */
+tl_status tl__check_k(int64_t k, tl_error *err);
+
 /* Validate a gradient buffer against the logits it belongs to. */
 tl_status tl__check_grad(const tl_grad *gr, const tl_logits *lg,
                          const char *name, tl_error *err);

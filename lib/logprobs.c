@@ -241,7 +241,7 @@ static int64_t first_flag(const unsigned char *flags, int64_t n)
     return -1;
 }
 
-static tl_status check_k(int64_t k, tl_error *err)
+tl_status tl__check_k(int64_t k, tl_error *err)
 {
     if (k < 1 || k > TL_MAX_TARGETS)
         return tl__fail(err, TL_ERR_SIZE, "k", -1,
@@ -259,7 +259,7 @@ tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
     tl_status s;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__check_logits(logits, "logits", err)) ||
-        (s = check_k(k, err)))
+        (s = tl__check_k(k, err)))
         return s;
     const int64_t n = logits->rows;
     if (n == 0)
@@ -327,7 +327,7 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
     tl_status s;
     if ((s = tl__check_options(opts, &o, err)) ||
         (s = tl__check_logits(logits, "logits", err)) ||
-        (s = check_k(k, err)) ||
+        (s = tl__check_k(k, err)) ||
         (s = tl__check_grad(grad, logits, "grad", err)))
         return s;
     const int64_t n = logits->rows;

@@ -33,10 +33,8 @@ static size_t dtype_size(tl_dtype d)
     return d == TL_BF16 ? sizeof(uint16_t) : sizeof(float);
 }
 
-/* rows x stride elements of `dtype` must be addressable. */
-static tl_status check_extent(int64_t rows, int64_t vocab, int64_t stride,
-                              tl_dtype dtype, const char *name,
-                              tl_error *err)
+tl_status tl__check_extent(int64_t rows, int64_t vocab, int64_t stride,
+                           tl_dtype dtype, const char *name, tl_error *err)
 {
     if (rows == 0)
         return TL_OK;
@@ -74,7 +72,7 @@ tl_status tl__check_logits(const tl_logits *lg, const char *name,
         return tl__fail(err, TL_ERR_NULL, name, -1,
                         "%s.data is NULL with %lld rows", name,
                         (long long)lg->rows);
-    return check_extent(lg->rows, lg->vocab, lg->stride, lg->dtype, name,
+    return tl__check_extent(lg->rows, lg->vocab, lg->stride, lg->dtype, name,
                         err);
 }
 
@@ -99,7 +97,7 @@ tl_status tl__check_grad(const tl_grad *gr, const tl_logits *lg,
         return tl__fail(err, TL_ERR_NULL, name, -1,
                         "%s.data is NULL with %lld rows", name,
                         (long long)lg->rows);
-    return check_extent(lg->rows, lg->vocab, gr->stride, gr->dtype, name,
+    return tl__check_extent(lg->rows, lg->vocab, gr->stride, gr->dtype, name,
                         err);
 }
 

@@ -172,13 +172,10 @@ static tl_status run_head(const hb_t *b, const tl_head_options *ho,
                                     &o, ho, lp, &g, &x->m, e);
 }
 
-/* The unfused path: logits = H W^T + b in one sgemm, tl_forward_backward,
- * then grad H = G W and grad W = G^T H in one sgemm each. */
-static void run_unfused(const hb_t *b, hres_t *x)
+/* L [rows, V] = hall[0:rows] @ W^T + bias, by one sgemm. */
+static void materialise(const hb_t *b, int64_t rows, float *L)
 {
-    const int64_t rows = b->off[b->nd], v = b->v, d = b->d;
-    float *L = malloc((size_t)(rows * v + 1) * sizeof(float));
-    float *G = malloc((size_t)(rows * v + 1) * sizeof(float));
+    const int64_t v = b->v, d = b->d;
     for (int64_t t = 0; t < rows; t++)
         for (int64_t j = 0; j < v; j++)
             L[t * v + j] = b->head.bias ? b->bias[j] : 0.0f;
@@ -186,6 +183,16 @@ static void run_unfused(const hb_t *b, hres_t *x)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows,
                     (int)v, (int)d, 1.0f, b->hall, (int)d, b->w,
                     (int)b->wstride, 1.0f, L, (int)v);
+}
+
+/* The unfused path: logits = H W^T + b in one sgemm, tl_forward_backward,
+ * then grad H = G W and grad W = G^T H in one sgemm each. */
+static void run_unfused(const hb_t *b, hres_t *x)
+{
+    const int64_t rows = b->off[b->nd], v = b->v, d = b->d;
+    float *L = malloc((size_t)(rows * v + 1) * sizeof(float));
+    float *G = malloc((size_t)(rows * v + 1) * sizeof(float));
+    materialise(b, rows, L);
     tl_datum dat[MAXD];
     float *lp[MAXD];
     tl_grad gr[MAXD];
@@ -395,12 +402,7 @@ START_TEST(test_logprobs_multi)
         tok[t] = rng_int(&r, b.v);
     tok[4] = tok[3]; /* a repeated target */
     float *L = malloc((size_t)(n[0] * b.v) * sizeof(float));
-    for (int64_t t = 0; t < n[0]; t++)
-        for (int64_t j = 0; j < b.v; j++)
-            L[t * b.v + j] = b.bias[j];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n[0], (int)b.v,
-                (int)b.d, 1.0f, b.hall, (int)b.d, b.w, (int)b.wstride, 1.0f,
-                L, (int)b.v);
+    materialise(&b, n[0], L);
     const tl_logits lg = {L, TL_F32, n[0], b.v, b.v};
     tl_options o = tl_options_default();
     o.temperature = b.temp;
