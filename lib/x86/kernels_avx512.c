@@ -53,13 +53,14 @@ static inline void vf_store(void *out, int64_t j, VF v, int bf16)
         _mm512_storeu_ps((float *)out + j, v);
 }
 
-/* non-temporal store of a full vector to an aligned address */
-static inline void vf_stream(void *out, int64_t j, VF v, int bf16)
+/* full vector store to an aligned address (a whole cache line for
+ * float32) */
+static inline void vf_store_aligned(void *out, int64_t j, VF v, int bf16)
 {
     if (bf16)
-        _mm256_stream_si256((__m256i *)((uint16_t *)out + j), bf16_narrow(v));
+        _mm256_store_si256((__m256i *)((uint16_t *)out + j), bf16_narrow(v));
     else
-        _mm512_stream_ps((float *)out + j, v);
+        _mm512_store_ps((float *)out + j, v);
 }
 
 static inline void vf_store_part(void *out, int64_t j, int64_t n, VF v, int bf16)

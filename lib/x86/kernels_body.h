@@ -8,8 +8,8 @@
  *   vf_load_part(p, j, n, bf16, fill)   n < VW elements, rest = fill
  *   vf_store(out, j, v, bf16)           full vector store
  *   vf_store_part(out, j, n, v, bf16)   first n lanes only
- *   vf_stream(out, j, v, bf16)          non-temporal full vector store to
- *                                       an aligned address
+ *   vf_store_aligned(out, j, v, bf16)   full vector store to an aligned
+ *                                       address
  *   vexp2(t)                            2^t for t <= 0 (NaN stays NaN), 0
  *                                       below TL_EXP2_FLUSH (defined after
  *                                       this file, with vexp2_poly)
@@ -44,8 +44,8 @@ static inline VF vexp2_poly(VF r)
     return vf_fmadd(p, r, vf_set1(1.0f));
 }
 
-/* The part of a row before the first output address aligned for a
- * full-vector non-temporal store. */
+/* The part of a row before the first output address aligned for a full
+ * vector store. */
 static inline int64_t aligned_head(const void *out, int64_t v, size_t es)
 {
     return tl__aligned_head(out, v, es, VW);
@@ -65,7 +65,7 @@ static inline VF block_scales(const float *sb, int64_t j, int64_t n)
 }
 
 /* out_j = e_j * scale[b]: the gradient row from the exponentials the
- * statistics pass left in the scratch row, with non-temporal stores. */
+ * statistics pass left in the scratch row. */
 static inline __attribute__((always_inline)) void
 body_scale(const float *e, int64_t v, const float *sb, void *out,
            const int bf16_out)
@@ -78,14 +78,14 @@ body_scale(const float *e, int64_t v, const float *sb, void *out,
                       bf16_out);
     int64_t j = head;
     for (; j + VW <= v; j += VW)
-        vf_stream(out, j, vf_mul(vf_load(e, j, 0), block_scales(sb, j, VW)),
-                  bf16_out);
+        vf_store_aligned(out, j,
+                         vf_mul(vf_load(e, j, 0), block_scales(sb, j, VW)),
+                         bf16_out);
     if (j < v)
         vf_store_part(out, j, v - j,
                       vf_mul(vf_load_part(e, j, v - j, 0, 0.0f),
                              block_scales(sb, j, v - j)),
                       bf16_out);
-    _mm_sfence(); /* order the streaming stores before anything after */
 }
 
 /*
@@ -252,9 +252,11 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
  * out_j = 2^t_j (k + kb' t_j) with t_j = x_j c - M c as in the statistics
  * pass (kb' = kb ln2 converts the entropy term's natural-log argument).
  * The row was read by its statistics pass and is in cache; the gradient
- * goes to memory with non-temporal stores from the first aligned output
- * vector on, so writing it neither reads it first (no read-for-ownership)
- * nor pushes the logits out of the cache. j0 is 0 or aligned.
+ * is written with ordinary stores, whole aligned vectors from the first
+ * aligned output address on. Non-temporal stores, which skip the read for
+ * ownership, were measured slower on Zen 4 (README, Performance): their
+ * write bandwidth per core was half that of ordinary stores. j0 is 0 or
+ * aligned.
  */
 static inline __attribute__((always_inline)) void
 body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
@@ -288,7 +290,7 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
                     : vf_sub(vf_fmadd(xv, vc, nhi), lo_);
         VF e = vexp2(t);
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
-        vf_stream(out, j, g, bf16_out);
+        vf_store_aligned(out, j, g, bf16_out);
     }
     if (j < j1) {
         VF xt = vf_load_part(x, j, j1 - j, bf16_in, -INFINITY);
@@ -298,7 +300,6 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
         VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
         vf_store_part(out, j, j1 - j, g, bf16_out);
     }
-    _mm_sfence(); /* order the streaming stores before anything after */
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
