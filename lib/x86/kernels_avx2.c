@@ -29,6 +29,21 @@ static inline VF vf_load(const void *p, int64_t j, int bf16)
     return _mm256_loadu_ps((const float *)p + j);
 }
 
+/* Elements [j, j + 2 VW) as two vectors, in an order that suits only
+ * order-free reductions (bfloat16: one load, each half widened in place) */
+static inline void vf_load2_unordered(const void *p, int64_t j, int bf16,
+                                      VF *a, VF *b)
+{
+    if (bf16) {
+        const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + j));
+        *a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
+        *b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+    } else {
+        *a = _mm256_loadu_ps((const float *)p + j);
+        *b = _mm256_loadu_ps((const float *)p + j + VW);
+    }
+}
+
 static inline VF vf_load_part(const void *p, int64_t j, int64_t n, int bf16, float fill)
 {
     float buf[VW];

@@ -28,6 +28,21 @@ static inline VF vf_load(const void *p, int64_t j, int bf16)
     return _mm512_loadu_ps((const float *)p + j);
 }
 
+/* Elements [j, j + 2 VW) as two vectors, in an order that suits only
+ * order-free reductions (bfloat16: one load, each half widened in place) */
+static inline void vf_load2_unordered(const void *p, int64_t j, int bf16,
+                                      VF *a, VF *b)
+{
+    if (bf16) {
+        const __m512i h = _mm512_loadu_si512((const uint16_t *)p + j);
+        *a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), h));
+        *b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), h));
+    } else {
+        *a = _mm512_loadu_ps((const float *)p + j);
+        *b = _mm512_loadu_ps((const float *)p + j + VW);
+    }
+}
+
 static inline VF vf_load_part(const void *p, int64_t j, int64_t n, int bf16, float fill)
 {
     const __mmask16 k = (__mmask16)((1u << n) - 1u);

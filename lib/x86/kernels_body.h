@@ -6,6 +6,7 @@
  *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_max
  *   vf_load(p, j, bf16)                 full vector at element j
  *   vf_load_part(p, j, n, bf16, fill)   n < VW elements, rest = fill
+ *   vf_load2_unordered(p, j, bf16, a, b)  2 VW elements in any order
  *   vf_store(out, j, v, bf16)           full vector store
  *   vf_store_part(out, j, n, v, bf16)   first n lanes only
  *   vf_store_aligned(out, j, v, bf16)   full vector store to an aligned
@@ -114,8 +115,10 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         VF mx0 = vf_set1(-INFINITY), mx1 = mx0;
         int64_t j = b0;
         for (; j + 2 * VW <= b1; j += 2 * VW) {
-            mx0 = vf_max(vf_load(x, j, bf16), mx0);
-            mx1 = vf_max(vf_load(x, j + VW, bf16), mx1);
+            VF xa, xb;
+            vf_load2_unordered(x, j, bf16, &xa, &xb);
+            mx0 = vf_max(xa, mx0);
+            mx1 = vf_max(xb, mx1);
         }
         for (; j < b1; j += VW)
             mx0 = vf_max(b1 - j >= VW ? vf_load(x, j, bf16)
