@@ -27,6 +27,8 @@
  * also measures the same traffic in the access pattern a fused gradient
  * cannot avoid (each row read whole before any of its gradient is
  * written), with no arithmetic: pat_GB/s and pat_% (see bw_pattern).
+ * cache_GB/s is the rate of the same call on a few rows that stay in
+ * cache: the bound the arithmetic alone sets (see cache_seconds_per_logit).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "tinkerloss.h"
@@ -209,6 +211,52 @@ static double logprob_error(const work *wk, int bf16, const float *lp)
     return worst;
 }
 
+/* The arithmetic's bound: seconds per logit of the same call on the
+ * workload's first 4 rows per thread, which (with their gradient) stay in
+ * cache across calls (2.4 MB of float32 logits per thread at V = 151,936:
+ * L3 on the machines measured, which gave the same rate as rows in L2),
+ * repeated until a trial covers about 2 M logits; the fastest of 11
+ * trials. Negative if the call fails. */
+static double cache_seconds_per_logit(const work *wk, int bf16, int fwdbwd,
+                                      int threads)
+{
+    const int64_t v = wk->v;
+    const int64_t n = 4 * (int64_t)threads < wk->n ? 4 * (int64_t)threads
+                                                   : wk->n;
+    const int64_t iters = 2000000 / (n * v) + 1;
+    int64_t *t = malloc((size_t)n * sizeof *t);
+    if (!t)
+        return -1.0;
+    for (int64_t i = 0; i < n; i++)
+        t[i] = wk->t[i] % v;
+    tl_datum d = bench_datum(&wk->cfg, t, wk->w, wk->q, wk->a, n);
+    d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
+                           bf16 ? TL_BF16 : TL_F32, n, v, v};
+    tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, v};
+    tl_options o = tl_options_default();
+    o.threads = threads;
+    float *lp = malloc((size_t)n * sizeof *lp);
+    float *lps[1] = {lp};
+    tl_metrics m;
+    double best = -1.0;
+    for (int trial = 0; trial < 11; trial++) {
+        const double t0 = now();
+        for (int64_t k = 0; k < iters; k++)
+            if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps,
+                                    fwdbwd ? &gr : NULL, &m, NULL) != TL_OK) {
+                free(t);
+                free(lp);
+                return -1.0;
+            }
+        const double s = (now() - t0) / (double)(iters * n * v);
+        if (best < 0 || s < best)
+            best = s;
+    }
+    free(t);
+    free(lp);
+    return best;
+}
+
 static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                        int threads, int first)
 {
@@ -244,12 +292,15 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
         tp[k] = fwdbwd ? bw_pattern(threads, (size_t)wk->v * (bf16 ? 2 : 4))
                        : -1.0;
     }
+    const double spl = cache_seconds_per_logit(wk, bf16, fwdbwd, threads);
     const double read_gbps = (double)BW_BYTES / median(tr, r) * 1e-9;
     const double copy_gbps = 2.0 * (double)BW_BYTES / median(tc, r) * 1e-9;
     const double med = median(tk, r), mn = tk[0];
     const double bytes = (double)(wk->n * wk->v) * (bf16 ? 2.0 : 4.0) *
                          (fwdbwd ? 2.0 : 1.0);
     const double gbps = bytes / med * 1e-9;
+    const double cache_gbps =
+        spl > 0 ? bytes / (double)(wk->n * wk->v) / spl * 1e-9 : -1.0;
     const double roof = fwdbwd ? copy_gbps : read_gbps;
     const double tpat = median(tp, r);
     const double pat_gbps = tpat > 0 ? 2.0 * (double)BW_BYTES / tpat * 1e-9
@@ -268,22 +319,25 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                "\"ms_min\": %.4f, \"gbps\": %.3f, \"tokens_per_s\": %.1f, "
                "\"read_gbps\": %.3f, \"copy_gbps\": %.3f, "
                "\"roofline_gbps\": %.3f, \"roofline_fraction\": %.4f, "
-               "\"max_abs_logprob_error\": %.3e, \"loss_sum\": %.9g%s}\n",
+               "\"cache_gbps\": %.3f, \"max_abs_logprob_error\": %.3e, "
+               "\"loss_sum\": %.9g%s}\n",
                c->loss, fwdbwd ? "fwdbwd" : "fwd", bf16 ? "bf16" : "f32",
                (long long)wk->n, (long long)wk->v, bf16 ? "bf16" : "f32",
                fwdbwd ? "fwdbwd" : "fwd", c->loss, threads, isa, 1e3 * med,
                1e3 * mn, gbps, (double)wk->n / med, read_gbps, copy_gbps, roof,
-               gbps / roof, err, *tl_metrics_get(&m, "loss:sum"), pat_json);
+               gbps / roof, cache_gbps, err, *tl_metrics_get(&m, "loss:sum"),
+               pat_json);
     } else {
         if (first)
             printf("%-6s %-5s %-7s %3s %9s %9s %8s %11s %9s %7s %9s %9s "
-                   "%6s\n", "isa", "dtype", "mode", "thr", "ms_median",
+                   "%9s %6s\n", "isa", "dtype", "mode", "thr", "ms_median",
                    "ms_min", "GB/s", "tokens/s", "roof_GB/s", "roof_%",
-                   "lp_error", "pat_GB/s", "pat_%");
+                   "lp_error", "cache_GB/s", "pat_GB/s", "pat_%");
         printf("%-6s %-5s %-7s %3d %9.3f %9.3f %8.2f %11.0f %9.2f %6.1f%% "
-               "%9.2e", isa, bf16 ? "bf16" : "f32",
+               "%9.2e %9.2f", isa, bf16 ? "bf16" : "f32",
                fwdbwd ? "fwdbwd" : "fwd", threads, 1e3 * med, 1e3 * mn, gbps,
-               (double)wk->n / med, roof, 100.0 * gbps / roof, err);
+               (double)wk->n / med, roof, 100.0 * gbps / roof, err,
+               cache_gbps);
         if (pat_gbps > 0)
             printf(" %9.2f %5.1f%%\n", pat_gbps, 100.0 * gbps / pat_gbps);
         else
