@@ -89,6 +89,29 @@ body_scale(const float *e, int64_t v, const float *sb, void *out,
                       bf16_out);
 }
 
+/* The sum terms of the n <= VW elements from j (fewer than VW: a partial
+ * vector), kept in e_out when given; see body_stats. */
+static inline __attribute__((always_inline)) void
+stats_vector(const void *x, int64_t j, int64_t n, int huge, VF vc, VF nhi,
+             VF lo_, VF vm, float *e_out, const int want_w, VD *s0, VD *s1,
+             VD *w0, VD *w1, const int bf16)
+{
+    VF xa = n >= VW ? vf_load(x, j, bf16)
+                    : vf_load_part(x, j, n, bf16, -INFINITY);
+    VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
+                 : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
+    VF e0 = vexp2(t0);
+    if (e_out) {
+        if (n >= VW)
+            vf_store(e_out, j, e0, 0);
+        else
+            vf_store_part(e_out, j, n, e0, 0);
+    }
+    vd_acc(s0, s1, e0);
+    if (want_w)
+        vd_acc(w0, w1, vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
+}
+
 /*
  * Row statistics in one read of the row, block by block: the block max
  * (pass 1), then from L1 the block's terms 2^t, t = x c - m c, with
@@ -108,12 +131,28 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
     double off = -INFINITY;  /* m c, exactly */
     double s = 0.0, w = 0.0; /* relative to off; w in base-2 units */
     float *e_out = sc ? sc->e : NULL;
+    /* the block max, the pass that reads the block from memory, takes the
+     * elements before the block's first 64-byte boundary as partial
+     * vectors, so that its loads never straddle two cache lines (measured
+     * on rows 16 bytes past a boundary: fwdbwd 12% faster with one
+     * thread); the max does not depend on the order. The sum pass keeps
+     * the elements' own order, so that results do not depend on where a
+     * row lies in memory. (A block is a multiple of 64 bytes long.) */
+    const size_t es = bf16 ? 2 : 4;
+    const int64_t xh = tl__aligned_head(x, v, es, (int64_t)(64 / es));
     for (int64_t b0 = 0, blk = 0; b0 < v; b0 += TL_BLOCK, blk++) {
         const int64_t b1 = v - b0 < TL_BLOCK ? v : b0 + TL_BLOCK;
+        const int64_t ba = b1 - b0 < xh ? b1 : b0 + xh;
         /* pass 1: block max (a NaN is skipped here: x is the first
          * operand; it shows up in the sum) */
         VF mx0 = vf_set1(-INFINITY), mx1 = mx0;
         int64_t j = b0;
+        for (; j < ba; j += VW)
+            mx0 = vf_max(ba - j >= VW ? vf_load(x, j, bf16)
+                                      : vf_load_part(x, j, ba - j, bf16,
+                                                     -INFINITY),
+                         mx0);
+        j = ba;
         for (; j + 2 * VW <= b1; j += 2 * VW) {
             VF xa, xb;
             vf_load2_unordered(x, j, bf16, &xa, &xb);
@@ -213,24 +252,9 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
                               vf_fmadd(e2, t2, vf_mul(e3, t3))));
             }
         }
-        for (; j < b1; j += VW) {
-            const int64_t left = b1 - j;
-            VF xa = left >= VW ? vf_load(x, j, bf16)
-                               : vf_load_part(x, j, left, bf16, -INFINITY);
-            VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
-                         : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
-            VF e0 = vexp2(t0);
-            if (e_out) {
-                if (left >= VW)
-                    vf_store(e_out, j, e0, 0);
-                else
-                    vf_store_part(e_out, j, left, e0, 0);
-            }
-            vd_acc(&s0, &s1, e0);
-            if (want_w)
-                vd_acc(&w0, &w1,
-                       vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
-        }
+        for (; j < b1; j += VW)
+            stats_vector(x, j, b1 - j < VW ? b1 - j : VW, huge, vc, nhi, lo_,
+                         vm, e_out, want_w, &s0, &s1, &w0, &w1, bf16);
         s += vd_hsum(s0, s1);
         if (want_w)
             w += vd_hsum(w0, w1);
