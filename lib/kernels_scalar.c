@@ -60,7 +60,7 @@ static inline void scale(const float *e, int64_t v, const float *sb,
                          void *out, int bf16_out)
 {
     for (int64_t j = 0; j < v; j++) {
-        const float gj = e[j] * sb[j / TL_BLOCK];
+        const float gj = e[j] * sb[j / TL_SCRATCH_BLOCK];
         if (bf16_out)
             ((uint16_t *)out)[j] = tl__bf16_round(gj);
         else

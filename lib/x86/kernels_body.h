@@ -56,12 +56,12 @@ static inline int64_t aligned_head(const void *out, int64_t v, size_t es)
  * a block boundary when the row's aligned part does not start at 0). */
 static inline VF block_scales(const float *sb, int64_t j, int64_t n)
 {
-    const int64_t b0 = j / TL_BLOCK, b1 = (j + n - 1) / TL_BLOCK;
+    const int64_t b0 = j / TL_SCRATCH_BLOCK, b1 = (j + n - 1) / TL_SCRATCH_BLOCK;
     if (b0 == b1)
         return vf_set1(sb[b0]);
     float tmp[VW];
     for (int64_t i = 0; i < VW; i++)
-        tmp[i] = sb[(j + (i < n ? i : n - 1)) / TL_BLOCK];
+        tmp[i] = sb[(j + (i < n ? i : n - 1)) / TL_SCRATCH_BLOCK];
     return vf_load(tmp, 0, 0);
 }
 
@@ -140,8 +140,9 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
      * row lies in memory. (A block is a multiple of 64 bytes long.) */
     const size_t es = bf16 ? 2 : 4;
     const int64_t xh = tl__aligned_head(x, v, es, (int64_t)(64 / es));
-    for (int64_t b0 = 0, blk = 0; b0 < v; b0 += TL_BLOCK, blk++) {
-        const int64_t b1 = v - b0 < TL_BLOCK ? v : b0 + TL_BLOCK;
+    const int64_t B = tl__block(bf16);
+    for (int64_t b0 = 0, blk = 0; b0 < v; b0 += B, blk++) {
+        const int64_t b1 = v - b0 < B ? v : b0 + B;
         const int64_t ba = b1 - b0 < xh ? b1 : b0 + xh;
         /* pass 1: block max (a NaN is skipped here: x is the first
          * operand; it shows up in the sum) */
@@ -200,7 +201,7 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             }
             for (j = b0; e_out && j < b1; j++)
                 e_out[j] = 0.0f;
-            tl__pending_step(pend);
+            tl__pending_step(pend, B);
             continue;
         }
         /* pass 2: 2^(x c - m c) over the block, from L1 */
@@ -214,8 +215,8 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         /* while this block is computed from L1, fetch a later one from
          * memory: the reads overlap the arithmetic instead of alternating
          * with it */
-        const int64_t pf = b0 + (TL_PREFETCH_BLOCKS + 1) * TL_BLOCK <= v
-                               ? TL_PREFETCH_BLOCKS * TL_BLOCK
+        const int64_t pf = b0 + (TL_PREFETCH_BLOCKS + 1) * B <= v
+                               ? TL_PREFETCH_BLOCKS * B
                                : 0;
         for (; !huge && j + 4 * VW <= b1; j += 4 * VW) {
             if (pf) {
@@ -260,7 +261,7 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             w += vd_hsum(w0, w1);
         /* a chunk of the previous row's gradient: its stores overlap this
          * row's loads and arithmetic */
-        tl__pending_step(pend);
+        tl__pending_step(pend, B);
     }
     /* a NaN anywhere made its term, and so the sum, NaN */
     if (isnan(s) || isnan(w)) {
