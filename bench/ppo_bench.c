@@ -234,11 +234,12 @@ static int make_work(work *wk, const cfg *c)
     return bench_loss_config(c->loss, &wk->cfg);
 }
 
-static tl_datum datum_of(const work *wk, int bf16)
+/* The workload's first n rows as one datum. */
+static tl_datum datum_of(const work *wk, int bf16, int64_t n)
 {
-    tl_datum d = bench_datum(&wk->cfg, wk->t, wk->w, wk->q, wk->a, wk->n);
+    tl_datum d = bench_datum(&wk->cfg, wk->t, wk->w, wk->q, wk->a, n);
     d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
-                           bf16 ? TL_BF16 : TL_F32, wk->n, wk->v, wk->v};
+                           bf16 ? TL_BF16 : TL_F32, n, wk->v, wk->v};
     return d;
 }
 
@@ -271,22 +272,16 @@ static double logprob_error(const work *wk, int bf16, const float *lp)
 static double cache_seconds_per_logit(const work *wk, int bf16, int fwdbwd,
                                       int threads)
 {
-    const int64_t v = wk->v;
     const int64_t n = 4 * (int64_t)threads < wk->n ? 4 * (int64_t)threads
                                                    : wk->n;
-    const int64_t iters = 2000000 / (n * v) + 1;
-    int64_t *t = malloc((size_t)n * sizeof *t);
-    if (!t)
-        return -1.0;
-    for (int64_t i = 0; i < n; i++)
-        t[i] = wk->t[i] % v;
-    tl_datum d = bench_datum(&wk->cfg, t, wk->w, wk->q, wk->a, n);
-    d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
-                           bf16 ? TL_BF16 : TL_F32, n, v, v};
-    tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, v};
+    const int64_t iters = 2000000 / (n * wk->v) + 1;
+    tl_datum d = datum_of(wk, bf16, n);
+    tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, wk->v};
     tl_options o = tl_options_default();
     o.threads = threads;
     float *lp = malloc((size_t)n * sizeof *lp);
+    if (!lp)
+        return -1.0;
     float *lps[1] = {lp};
     tl_metrics m;
     double best = -1.0;
@@ -295,15 +290,13 @@ static double cache_seconds_per_logit(const work *wk, int bf16, int fwdbwd,
         for (int64_t k = 0; k < iters; k++)
             if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps,
                                     fwdbwd ? &gr : NULL, &m, NULL) != TL_OK) {
-                free(t);
                 free(lp);
                 return -1.0;
             }
-        const double s = (now() - t0) / (double)(iters * n * v);
+        const double s = (now() - t0) / (double)(iters * n * wk->v);
         if (best < 0 || s < best)
             best = s;
     }
-    free(t);
     free(lp);
     return best;
 }
@@ -311,7 +304,7 @@ static double cache_seconds_per_logit(const work *wk, int bf16, int fwdbwd,
 static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
                        int threads, int first)
 {
-    tl_datum d = datum_of(wk, bf16);
+    tl_datum d = datum_of(wk, bf16, wk->n);
     tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, wk->v};
     tl_options o = tl_options_default();
     o.threads = threads;

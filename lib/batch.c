@@ -246,45 +246,48 @@ static tl_status in_datum(tl_status s, int64_t i, tl_error *err)
     return s;
 }
 
-/* Per-datum float32 logprobs and dL/dlogprobs of a batch, as the
- * reference and custom paths hand them around. */
-typedef struct fwd_bufs {
-    float *lp, *g, *ent;
-    const float **lpd; /* lpd[i] = lp + tok_off[i] */
-    float **gd;        /* gd[i] = g + tok_off[i] (zeroed) */
-} fwd_bufs;
-
-static void fwd_free(fwd_bufs *f)
+tl_status tl__tokbufs_init(tl_tokbufs *t, const tl_batch *b, int with_ent,
+                           tl_error *err)
 {
-    free(f->lp);
-    free(f->g);
-    free(f->ent);
-    free(f->lpd);
-    free(f->gd);
+    const int64_t nd = b->ndata, toks = b->tok_off[nd], rows = b->row_off[nd];
+    t->lp = malloc((size_t)(toks + 1) * sizeof *t->lp);
+    t->g = calloc((size_t)(toks + 1), sizeof *t->g);
+    t->ent = with_ent ? malloc((size_t)(rows + 1) * sizeof *t->ent) : NULL;
+    t->lpd = malloc((size_t)(nd + 1) * sizeof *t->lpd);
+    t->gd = malloc((size_t)(nd + 1) * sizeof *t->gd);
+    if (!t->lp || !t->g || (with_ent && !t->ent) || !t->lpd || !t->gd)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1,
+                        "cannot allocate %lld tokens", (long long)toks);
+    for (int64_t i = 0; i < nd; i++) {
+        t->lpd[i] = t->lp + b->tok_off[i];
+        t->gd[i] = t->g + b->tok_off[i];
+    }
+    return TL_OK;
+}
+
+void tl__tokbufs_free(tl_tokbufs *t)
+{
+    free(t->lp);
+    free(t->g);
+    free(t->ent);
+    free(t->lpd);
+    free(t->gd);
 }
 
 /* Allocate and run the forward pass of every datum (tl_logprobs_multi);
  * entropy per row if want_entropy. */
-static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const tl_batch *b,
+static tl_status fwd_run(tl_tokbufs *f, const tl_datum *data, const tl_batch *b,
                          const tl_options *o, int want_entropy,
                          const tl_grad *grads, tl_error *err)
 {
     tl_error local; /* the bad row's index is needed even without err */
     if (!err)
         err = &local;
-    const int64_t nd = b->ndata, toks = b->tok_off[nd], rows = b->row_off[nd];
-    f->lp = malloc((size_t)(toks + 1) * sizeof *f->lp);
-    f->g = calloc((size_t)(toks + 1), sizeof *f->g);
-    f->ent = malloc((size_t)(rows + 1) * sizeof *f->ent);
-    f->lpd = malloc((size_t)(nd + 1) * sizeof *f->lpd);
-    f->gd = malloc((size_t)(nd + 1) * sizeof *f->gd);
-    if (!f->lp || !f->g || !f->ent || !f->lpd || !f->gd)
-        return tl__fail(err, TL_ERR_NOMEM, "", -1,
-                        "cannot allocate %lld tokens", (long long)toks);
-    for (int64_t i = 0; i < nd; i++) {
-        f->lpd[i] = f->lp + b->tok_off[i];
-        f->gd[i] = f->g + b->tok_off[i];
-        tl_status s = tl_logprobs_multi(
+    tl_status s = tl__tokbufs_init(f, b, want_entropy, err);
+    if (s)
+        return s;
+    for (int64_t i = 0; i < b->ndata; i++) {
+        s = tl_logprobs_multi(
             &data[i].logits, data[i].target_tokens.data, b->shape[i].k, o,
             f->lp + b->tok_off[i], NULL,
             want_entropy ? f->ent + b->row_off[i] : NULL, err);
@@ -298,7 +301,7 @@ static tl_status fwd_run(fwd_bufs *f, const tl_datum *data, const tl_batch *b,
 }
 
 /* Chain per-datum dL/dlogprobs gd to the logits gradients. */
-static tl_status bwd_run(const fwd_bufs *f, const tl_datum *data,
+static tl_status bwd_run(const tl_tokbufs *f, const tl_datum *data,
                          const tl_batch *b, const tl_options *o,
                          const tl_grad *grads, tl_error *err)
 {
@@ -326,7 +329,7 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
         (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
     const int64_t rows = b.row_off[ndata];
-    fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
+    tl_tokbufs f = {NULL, NULL, NULL, NULL, NULL};
     /* 1. logprobs of every datum; 2. the loss and dL/dlogprobs from them;
      * 3. dL/dlogprobs chained to the logits */
     if ((s = fwd_run(&f, data, &b, &o, o.entropy, grads, err)) ||
@@ -344,7 +347,7 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
                (size_t)(b.tok_off[i + 1] - b.tok_off[i]) * sizeof *f.lp);
     s = tl__ok(err);
 done:
-    fwd_free(&f);
+    tl__tokbufs_free(&f);
     tl__batch_free(&b);
     return s;
 }
@@ -461,7 +464,7 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
         tl__batch_free(&b);
         return s;
     }
-    fwd_bufs f = {NULL, NULL, NULL, NULL, NULL};
+    tl_tokbufs f = {NULL, NULL, NULL, NULL, NULL};
     double c;
     /* forward: the logprobs the callback sees; the callback; then its
      * gradient chained to the logits */
@@ -474,7 +477,7 @@ tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
             *custom_loss = c;
         s = tl__ok(err);
     }
-    fwd_free(&f);
+    tl__tokbufs_free(&f);
     tl__batch_free(&b);
     return s;
 }

@@ -37,6 +37,19 @@ void tl__batch_finish(const tl_loss_config *cfg, const tl_datum *data,
                       const double *loss, const double *ent, int want_entropy,
                       float *const *logprobs, tl_metrics *metrics);
 
+/* Token-contiguous float32 logprobs lp and dL/dlogprobs g (zeroed) of a
+ * batch, with per-datum views, as the reference and custom paths hand them
+ * around; ent (one per row) only if asked for. */
+typedef struct tl_tokbufs {
+    float *lp, *g, *ent;
+    const float **lpd; /* lpd[i] = lp + tok_off[i] */
+    float **gd;        /* gd[i] = g + tok_off[i] */
+} tl_tokbufs;
+/* On TL_ERR_NOMEM some buffers may be allocated: free them anyway. */
+tl_status tl__tokbufs_init(tl_tokbufs *t, const tl_batch *b, int with_ent,
+                           tl_error *err);
+void tl__tokbufs_free(tl_tokbufs *t);
+
 /* Custom losses: weights (may be NULL) must have a buffer per non-empty
  * datum. */
 tl_status tl__custom_check_weights(const tl_batch *b, float *const *weights,

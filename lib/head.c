@@ -1031,16 +1031,14 @@ tl_status tl_head_forward_backward_custom(
                          grads, &o, &b, &job, err)))
         return s;
     const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
-    float *lpf = malloc((size_t)(toks + 1) * sizeof *lpf);
-    float *gf = calloc((size_t)toks + 1, sizeof *gf);
-    const float **lpd = malloc((size_t)(ndata + 1) * sizeof *lpd);
-    float **gd = malloc((size_t)(ndata + 1) * sizeof *gd);
+    tl_tokbufs f = {NULL, NULL, NULL, NULL, NULL};
     job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
     job.bad = calloc((size_t)rows + 1, 1);
     double c;
-    if ((s = tl__custom_check_weights(&b, weights, err)))
+    if ((s = tl__custom_check_weights(&b, weights, err)) ||
+        (s = tl__tokbufs_init(&f, &b, 0, err)))
         goto done;
-    if (!lpf || !gf || !lpd || !gd || !job.lp || !job.bad) {
+    if (!job.lp || !job.bad) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
         goto done;
     }
@@ -1048,29 +1046,23 @@ tl_status tl_head_forward_backward_custom(
     if ((s = run_job(&job, &o, ho, NULL, err)))
         goto done;
     for (int64_t t = 0; t < toks; t++)
-        lpf[t] = (float)job.lp[t];
-    for (int64_t i = 0; i < ndata; i++) {
-        lpd[i] = lpf + b.tok_off[i];
-        gd[i] = gf + b.tok_off[i];
-    }
-    if ((s = tl__custom_call(fn, user, data, &b, lpd, gd, &c, metrics, err)))
+        f.lp[t] = (float)job.lp[t];
+    if ((s = tl__custom_call(fn, user, data, &b, f.lpd, f.gd, &c, metrics,
+                             err)))
         goto done;
     /* backward of the surrogate: dL/dlp = g */
     if (wants_grads(grads)) {
-        job.g_in = gf;
+        job.g_in = f.g;
         job.grads = grads;
         if ((s = run_job(&job, &o, ho, NULL, err)))
             goto done;
     }
-    tl__custom_outputs(&b, lpd, gd, logprobs, weights);
+    tl__custom_outputs(&b, f.lpd, f.gd, logprobs, weights);
     if (custom_loss)
         *custom_loss = c;
     s = tl__ok(err);
 done:
-    free(lpf);
-    free(gf);
-    free(lpd);
-    free(gd);
+    tl__tokbufs_free(&f);
     free(job.lp);
     free(job.bad);
     free((void *)job.row);

@@ -90,27 +90,16 @@ body_scale(const float *e, int64_t v, const float *sb, void *out,
                       bf16_out);
 }
 
-/* The sum terms of the n <= VW elements from j (fewer than VW: a partial
- * vector), kept in e_out when given; see body_stats. */
-static inline __attribute__((always_inline)) void
-stats_vector(const void *x, int64_t j, int64_t n, int huge, VF vc, VF nhi,
-             VF lo_, VF vm, float *e_out, const int want_w, VD *s0, VD *s1,
-             VD *w0, VD *w1, const int bf16)
+/* max(mx, x_j) over j in [j0, j1), one vector at a time, the last one
+ * partial (filled with -inf) */
+static inline VF max_range(const void *x, int64_t j0, int64_t j1, VF mx,
+                           const int bf16)
 {
-    VF xa = n >= VW ? vf_load(x, j, bf16)
-                    : vf_load_part(x, j, n, bf16, -INFINITY);
-    VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
-                 : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
-    VF e0 = vexp2(t0);
-    if (e_out) {
-        if (n >= VW)
-            vf_store(e_out, j, e0, 0);
-        else
-            vf_store_part(e_out, j, n, e0, 0);
-    }
-    vd_acc(s0, s1, e0);
-    if (want_w)
-        vd_acc(w0, w1, vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
+    for (int64_t j = j0; j < j1; j += VW)
+        mx = vf_max(j1 - j >= VW ? vf_load(x, j, bf16)
+                                 : vf_load_part(x, j, j1 - j, bf16, -INFINITY),
+                    mx);
+    return mx;
 }
 
 /*
@@ -147,25 +136,15 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         const int64_t ba = b1 - b0 < xh ? b1 : b0 + xh;
         /* pass 1: block max (a NaN is skipped here: x is the first
          * operand; it shows up in the sum) */
-        VF mx0 = vf_set1(-INFINITY), mx1 = mx0;
-        int64_t j = b0;
-        for (; j < ba; j += VW)
-            mx0 = vf_max(ba - j >= VW ? vf_load(x, j, bf16)
-                                      : vf_load_part(x, j, ba - j, bf16,
-                                                     -INFINITY),
-                         mx0);
-        j = ba;
+        VF mx0 = max_range(x, b0, ba, vf_set1(-INFINITY), bf16), mx1 = mx0;
+        int64_t j = ba;
         for (; j + 2 * VW <= b1; j += 2 * VW) {
             VF xa, xb;
             vf_load2_unordered(x, j, bf16, &xa, &xb);
             mx0 = vf_max(xa, mx0);
             mx1 = vf_max(xb, mx1);
         }
-        for (; j < b1; j += VW)
-            mx0 = vf_max(b1 - j >= VW ? vf_load(x, j, bf16)
-                                      : vf_load_part(x, j, b1 - j, bf16,
-                                                     -INFINITY),
-                         mx0);
+        mx0 = max_range(x, j, b1, mx0, bf16);
         const float bm = vf_hmax(vf_max(mx0, mx1));
         if (bm == INFINITY) {
             st->bad = 1;
@@ -254,9 +233,24 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
                               vf_fmadd(e2, t2, vf_mul(e3, t3))));
             }
         }
-        for (; j < b1; j += VW)
-            stats_vector(x, j, b1 - j < VW ? b1 - j : VW, huge, vc, nhi, lo_,
-                         vm, e_out, want_w, &s0, &s1, &w0, &w1, bf16);
+        for (; j < b1; j += VW) {
+            const int64_t left = b1 - j;
+            VF xa = left >= VW ? vf_load(x, j, bf16)
+                               : vf_load_part(x, j, left, bf16, -INFINITY);
+            VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
+                         : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
+            VF e0 = vexp2(t0);
+            if (e_out) {
+                if (left >= VW)
+                    vf_store(e_out, j, e0, 0);
+                else
+                    vf_store_part(e_out, j, left, e0, 0);
+            }
+            vd_acc(&s0, &s1, e0);
+            if (want_w)
+                vd_acc(&w0, &w1,
+                       vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
+        }
         s += vd_hsum(s0, s1);
         if (want_w)
             w += vd_hsum(w0, w1);
