@@ -64,8 +64,16 @@ tl_status tl__batch_init(tl_batch *b, const tl_loss_config *cfg,
             tl__batch_free(b);
             return s;
         }
+        /* per-token arrays of doubles must stay addressable */
+        const int64_t toks = b->shape[i].n * b->shape[i].k;
+        if (b->tok_off[i] > PTRDIFF_MAX / (int64_t)sizeof(double) - toks) {
+            tl__batch_free(b);
+            return tl__fail(err, TL_ERR_SIZE, "data", i,
+                            "the target tokens of data[0..%lld] overflow "
+                            "the address space", (long long)i);
+        }
         b->row_off[i + 1] = b->row_off[i] + b->shape[i].n;
-        b->tok_off[i + 1] = b->tok_off[i] + b->shape[i].n * b->shape[i].k;
+        b->tok_off[i + 1] = b->tok_off[i] + toks;
     }
     if ((s = check_outputs(data, b, logprobs, grads, err))) {
         tl__batch_free(b);
@@ -83,20 +91,20 @@ tl_status tl__batch_init(tl_batch *b, const tl_loss_config *cfg,
     return TL_OK;
 }
 
-/* Report the failure of global row r (1: bad logits row, 2: overflow). */
-static tl_status row_error(const tl_datum *data, const tl_batch *b, int64_t r,
-                           int code, tl_error *err)
+/* The error of failed global row r: a loss overflow names the token and
+ * its inputs; any other failure names the datum's logits and the row. */
+static tl_status row_error(const tl_loss_config *cfg, const tl_datum *data,
+                           const tl_batch *b, const tl_rowstatus *st,
+                           int64_t r, const double *lp, double temperature,
+                           tl_error *err)
 {
-    const int64_t i = b->row_datum[r], row = r - b->row_off[i];
-    const int64_t k = b->shape[i].k;
-    const int64_t *tok = (const int64_t *)data[i].target_tokens.data + row * k;
+    if (st[r].code == TL_ROW_LOSS_OVERFLOW)
+        return tl__batch_overflow_error(cfg, data, b, r, lp, err);
+    const int64_t i = b->row_datum[r];
     char name[48];
     snprintf(name, sizeof name, "data[%lld].logits", (long long)i);
-    if (code == 1)
-        return tl__bad_row(&data[i].logits, row, tok, k, name, err);
-    return tl__fail(err, TL_ERR_VALUE, name, row,
-                    "the gradient of %s row %lld overflows float32", name,
-                    (long long)row);
+    return tl__row_error(&st[r], name, r - b->row_off[i], 0, temperature,
+                         err);
 }
 
 tl_status tl__batch_overflow_error(const tl_loss_config *cfg,
@@ -157,25 +165,30 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         (s = tl__batch_init(&b, cfg, data, ndata, 1, logprobs, grads, err)))
         return s;
     const int64_t rows = b.row_off[ndata], toks = b.tok_off[ndata];
+    const tl_kernels *kern = tl__kernels();
+    const int threads = tl__threads(&o, rows);
+    /* scratch rows, for the datums whose gradient is written from one
+     * (decided from each datum's own dtypes) */
+    int64_t vsc = 0;
+    for (int64_t i = 0; grads && i < ndata; i++)
+        if (b.shape[i].n > 0 && data[i].logits.vocab > vsc &&
+            tl__grad_uses_scratch(kern, grads[i].dtype, o.entropy))
+            vsc = data[i].logits.vocab;
     /* per token: logprob and loss; per row: entropy and a status */
     double *lp = malloc((size_t)(toks + 1) * sizeof *lp);
     double *loss = malloc((size_t)(toks + 1) * sizeof *loss);
     double *ent = malloc((size_t)(rows + 1) * sizeof *ent);
-    unsigned char *bad = calloc((size_t)(rows + 1), 1);
-    if (!lp || !loss || !ent || !bad) {
+    tl_rowstatus *st = malloc((size_t)(rows + 1) * sizeof *st);
+    tl_rowscratch *pool = vsc ? tl__scratch_new(threads, vsc) : NULL;
+    if (!lp || !loss || !ent || !st || (vsc && !pool)) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1,
                      "cannot allocate %lld token results", (long long)toks);
         goto done;
     }
-    const tl_kernels *kern = tl__kernels();
-    int64_t vmax = 1;
-    for (int64_t i = 0; i < ndata; i++)
-        if (b.shape[i].n > 0 && data[i].logits.vocab > vmax)
-            vmax = data[i].logits.vocab;
-#pragma omp parallel num_threads(tl__threads(&o, rows))
+#pragma omp parallel num_threads(threads)
     {
     tl_pipe pp;
-    tl__pipe_init(&pp, grads ? &grads[0] : NULL, o.entropy, vmax);
+    tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = b.row_datum[r], row = r - b.row_off[i];
@@ -184,8 +197,8 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
         const int64_t *tok = (const int64_t *)d->target_tokens.data + row * k;
         tl_rowresult rr;
         if (tl__row_forward(kern, &d->logits, row, tok, k, o.temperature,
-                            o.entropy, grads ? &pp : NULL, &rr, lp + t0)) {
-            bad[r] = 1;
+                            o.entropy, grads ? &pp : NULL,
+                            grads ? &grads[i] : NULL, &rr, lp + t0, &st[r])) {
             if (grads)
                 tl__nan_row(&grads[i], row, d->logits.vocab);
             continue;
@@ -199,29 +212,28 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
             tl__token_inputs(cfg, d, row * k + q, k, &in);
             tl__loss_token(cfg, (double)(float)lp[t0 + q], &in, &loss[t0 + q],
                            &g[q]);
-            if (tl__loss_overflows(loss[t0 + q], g[q]))
-                bad[r] = 3;
+            if (!st[r].code && tl__loss_overflows(loss[t0 + q], g[q]))
+                st[r] = (tl_rowstatus){TL_ROW_LOSS_OVERFLOW, q, 0.0};
         }
-        if (bad[r]) {
+        if (st[r].code) {
             if (grads)
                 tl__nan_row(&grads[i], row, d->logits.vocab);
             continue;
         }
         if (grads && tl__row_backward(kern, &d->logits, row, tok, k,
                                       o.temperature, &rr, lp + t0, g, 0, 0.0,
-                                      &pp, &grads[i]))
-            bad[r] = 2;
+                                      &pp, &grads[i])) {
+            st[r] = (tl_rowstatus){TL_ROW_GRAD_OVERFLOW, -1, 0.0};
+            tl__nan_row(&grads[i], row, d->logits.vocab);
+        }
     }
     tl__pipe_finish(&pp);
     }
-    for (int64_t r = 0; r < rows; r++)
-        if (bad[r] == 3) {
-            s = tl__batch_overflow_error(cfg, data, &b, r, lp, err);
-            goto done;
-        } else if (bad[r]) {
-            s = row_error(data, &b, r, bad[r], err);
-            goto done;
-        }
+    const int64_t fail = tl__first_failure(st, rows);
+    if (fail >= 0) {
+        s = row_error(cfg, data, &b, st, fail, lp, o.temperature, err);
+        goto done;
+    }
     tl__batch_finish(cfg, data, &b, lp, loss, ent, o.entropy, logprobs,
                      metrics);
     s = tl__ok(err);
@@ -229,20 +241,9 @@ done:
     free(lp);
     free(loss);
     free(ent);
-    free(bad);
+    free(st);
+    tl__scratch_free(pool, threads);
     tl__batch_free(&b);
-    return s;
-}
-
-/* Prefix the datum index to an error from a per-datum call. */
-static tl_status in_datum(tl_status s, int64_t i, tl_error *err)
-{
-    if (s && err) {
-        char arg[sizeof err->arg + 32];
-        snprintf(arg, sizeof arg, "data[%lld].%s", (long long)i, err->arg);
-        arg[sizeof err->arg - 1] = '\0';
-        memcpy(err->arg, arg, sizeof err->arg);
-    }
     return s;
 }
 
@@ -280,21 +281,23 @@ static tl_status fwd_run(tl_tokbufs *f, const tl_datum *data, const tl_batch *b,
                          const tl_options *o, int want_entropy,
                          const tl_grad *grads, tl_error *err)
 {
-    tl_error local; /* the bad row's index is needed even without err */
+    tl_error local; /* the failed row's index is needed even without err */
     if (!err)
         err = &local;
     tl_status s = tl__tokbufs_init(f, b, want_entropy, err);
     if (s)
         return s;
     for (int64_t i = 0; i < b->ndata; i++) {
-        s = tl_logprobs_multi(
+        char name[48];
+        snprintf(name, sizeof name, "data[%lld].logits", (long long)i);
+        s = tl__logprobs_named(
             &data[i].logits, data[i].target_tokens.data, b->shape[i].k, o,
-            f->lp + b->tok_off[i], NULL,
+            name, f->lp + b->tok_off[i], NULL,
             want_entropy ? f->ent + b->row_off[i] : NULL, err);
-        /* as in the fused path, a bad row's gradient row is NaN */
+        /* as in the fused path, a failed row's gradient row is NaN */
         if (s == TL_ERR_BAD_ROW && grads)
             tl__nan_row(&grads[i], err->index, data[i].logits.vocab);
-        if ((s = in_datum(s, i, err)))
+        if (s)
             return s;
     }
     return TL_OK;
@@ -306,10 +309,12 @@ static tl_status bwd_run(const tl_tokbufs *f, const tl_datum *data,
                          const tl_grad *grads, tl_error *err)
 {
     for (int64_t i = 0; grads && i < b->ndata; i++) {
-        tl_status s = tl_logprobs_backward_multi(
+        char name[48];
+        snprintf(name, sizeof name, "data[%lld].logits", (long long)i);
+        tl_status s = tl__backward_named(
             &data[i].logits, data[i].target_tokens.data, b->shape[i].k,
-            f->gd[i], NULL, o, &grads[i], err);
-        if ((s = in_datum(s, i, err)))
+            f->gd[i], NULL, o, &grads[i], name, err);
+        if (s)
             return s;
     }
     return TL_OK;
@@ -343,8 +348,9 @@ tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
         tl_metrics_set(metrics, "entropy:mean", sum / (double)rows);
     }
     for (int64_t i = 0; logprobs && i < ndata; i++)
-        memcpy(logprobs[i], f.lpd[i],
-               (size_t)(b.tok_off[i + 1] - b.tok_off[i]) * sizeof *f.lp);
+        if (b.tok_off[i + 1] > b.tok_off[i])
+            memcpy(logprobs[i], f.lpd[i],
+                   (size_t)(b.tok_off[i + 1] - b.tok_off[i]) * sizeof *f.lp);
     s = tl__ok(err);
 done:
     tl__tokbufs_free(&f);

@@ -134,7 +134,7 @@ static int64_t n_pieces(int64_t bv)
 
 /* Workspace of one call, as segments of one allocation. */
 typedef struct head_ws {
-    size_t logits, hid, part, gh, max, sum, wsum, xt, coef, fix, total;
+    size_t logits, hid, part, gh, max, ones, rest, wsum, xt, coef, fix, total;
 } head_ws;
 
 static size_t seg(size_t *at, size_t bytes)
@@ -152,7 +152,7 @@ static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
     const int64_t pieces = with_gh ? n_pieces(bv) : 0;
     const double est = 4.0 * (double)nb *
                            ((double)block_ld(bv) + (double)d * (2 + pieces)) +
-                       (double)nb * (64.0 + 16.0 * (double)k);
+                       (double)nb * (96.0 + 16.0 * (double)k);
     if (est > (double)SIZE_MAX / 2)
         return -1;
     size_t at = 0;
@@ -162,7 +162,8 @@ static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
     w->part = seg(&at, (size_t)pieces * n * (size_t)d * sizeof(float));
     w->gh = seg(&at, with_gh ? n * (size_t)d * sizeof(float) : 0);
     w->max = seg(&at, n * sizeof(float));
-    w->sum = seg(&at, n * sizeof(double));
+    w->ones = seg(&at, n * sizeof(double));
+    w->rest = seg(&at, n * sizeof(double));
     w->wsum = seg(&at, n * sizeof(double));
     w->xt = seg(&at, n * (size_t)k * sizeof(float));
     w->coef = seg(&at, n * sizeof(tl_gradcoef));
@@ -359,12 +360,11 @@ typedef struct head_job {
     /* results */
     double *lp;                 /* per token */
     double *lse, *ent;          /* per row, or NULL */
-    unsigned char *bad;         /* per row: 1 bad logits, 2 gradient or
-                                   3 loss overflow */
+    tl_rowstatus *st;           /* per row */
 } head_job;
 
 /* Upstream gradient g[k] of row r from its logprobs lp[k]; returns 0, or
- * 3 if the loss overflows float32. */
+ * 1 (recorded in the row's status) if a loss overflows float32. */
 static int row_upstream(const head_job *job, int64_t r, const double *lp,
                         double *g)
 {
@@ -376,16 +376,16 @@ static int row_upstream(const head_job *job, int64_t r, const double *lp,
     }
     const int64_t i = job->batch->row_datum[r];
     const int64_t t = hr->t0 - job->batch->tok_off[i]; /* in the datum */
-    int code = 0;
     for (int64_t q = 0; q < hr->k; q++) {
         tl_tokin in;
         tl__token_inputs(job->cfg, &job->data[i], t + q, hr->k, &in);
         tl__loss_token(job->cfg, (double)(float)lp[q], &in,
                        &job->loss[hr->t0 + q], &g[q]);
-        if (tl__loss_overflows(job->loss[hr->t0 + q], g[q]))
-            code = 3;
+        if (!job->st[r].code &&
+            tl__loss_overflows(job->loss[hr->t0 + q], g[q]))
+            job->st[r] = (tl_rowstatus){TL_ROW_LOSS_OVERFLOW, q, 0.0};
     }
-    return code;
+    return job->st[r].code != TL_ROW_OK;
 }
 
 /* L[0:nb, 0:len] = Hb @ W[v0:v0+len]^T + b[v0:v0+len], chunk by chunk. */
@@ -415,16 +415,18 @@ static void logits_block(const head_job *job, const float *hb, int64_t nb,
 /* Per-row state of a token block, in the workspace. */
 typedef struct rowstate {
     float *max;
-    double *sum, *wsum;
+    double *ones, *rest, *wsum; /* tl_rowstats, merged over the blocks */
     float *xt;          /* [nb, kmax] target logits */
     tl_gradcoef *coef;
     float *fix;         /* [nb, kmax] target gradient values */
 } rowstate;
 
-/* Merge the statistics of row i's segment [v0, v0 + len) (x) into st. */
+/* Merge the statistics of row i's segment [v0, v0 + len) (x) into st; a
+ * NaN or +inf is recorded in the row's status with its column. */
 static void row_stats(const head_job *job, const tl_kernels *kern,
-                      const rowstate *st, int64_t i, const hrow *hr,
-                      const float *x, int64_t v0, int64_t len, float inv_t)
+                      const rowstate *st, int64_t i, int64_t r,
+                      const hrow *hr, const float *x, int64_t v0, int64_t len,
+                      float inv_t)
 {
     tl_rowstats s;
     kern->stats[TL_F32](x, len, inv_t, job->want_entropy, NULL, NULL, &s);
@@ -433,9 +435,14 @@ static void row_stats(const head_job *job, const tl_kernels *kern,
             st->xt[i * job->kmax + q] = x[hr->tok[q] - v0];
     if (v0 == 0) {
         st->max[i] = -INFINITY;
-        st->sum[i] = st->wsum[i] = 0.0;
+        st->ones[i] = st->rest[i] = st->wsum[i] = 0.0;
     }
     if (s.bad) {
+        if (!job->st[r].code) {
+            const tl_logits seg = {x, TL_F32, 1, len, len};
+            tl__scan_bad_row(&seg, 0, &job->st[r]);
+            job->st[r].at += v0;
+        }
         st->max[i] = NAN;
         return;
     }
@@ -444,21 +451,31 @@ static void row_stats(const head_job *job, const tl_kernels *kern,
         return;
     if (m0 == -INFINITY) {
         st->max[i] = s.max;
-        st->sum[i] = s.sum;
+        st->ones[i] = s.ones;
+        st->rest[i] = s.rest;
         st->wsum[i] = s.wsum;
         return;
     }
     /* both relative to the larger maximum m: a term relative to m_b is
-     * scaled by e^delta, delta = (m_b - m) / T, and its W gains delta S */
+     * scaled by e^delta, delta = (m_b - m) / T, and its W gains delta S;
+     * the terms equal to 1 stay apart only on the side of m */
     const float m = m0 > s.max ? m0 : s.max;
     const double c = (double)tl__log2e_scale(inv_t);
     const double d0 = ((double)m0 - (double)m) * (double)inv_t;
     const double d1 = ((double)s.max - (double)m) * (double)inv_t;
     const double e0 = exp2(((double)m0 - (double)m) * c);
     const double e1 = exp2(((double)s.max - (double)m) * c);
-    st->wsum[i] = e0 * (st->wsum[i] + d0 * st->sum[i]) +
-                  e1 * (s.wsum + d1 * s.sum);
-    st->sum[i] = e0 * st->sum[i] + e1 * s.sum;
+    const double s0 = st->ones[i] + st->rest[i], s1 = s.ones + s.rest;
+    st->wsum[i] = e0 * (st->wsum[i] + d0 * s0) + e1 * (s.wsum + d1 * s1);
+    if (m0 == s.max) {
+        st->ones[i] += s.ones;
+        st->rest[i] += s.rest;
+    } else if (m0 > s.max) {
+        st->rest[i] += e1 * s1;
+    } else {
+        st->rest[i] = e0 * s0 + s.rest;
+        st->ones[i] = s.ones;
+    }
     st->max[i] = m;
 }
 
@@ -468,44 +485,40 @@ static void row_finish(const head_job *job, const rowstate *st, int64_t i,
                        int64_t r, float inv_t)
 {
     const hrow *hr = &job->row[r];
-    const float m = st->max[i];
-    if (isnan(m) || m == -INFINITY) {
-        job->bad[r] = 1;
+    tl_rowstatus *status = &job->st[r];
+    if (status->code)
+        return;
+    if (st->max[i] == -INFINITY) {
+        *status = (tl_rowstatus){TL_ROW_ALL_NEG_INF, -1, 0.0};
         return;
     }
+    const tl_rowstats rs = {st->max[i], 0, st->ones[i], st->rest[i],
+                            st->wsum[i]};
     tl_rowresult rr;
-    rr.max = m;
-    rr.inv_t = inv_t;
-    rr.sum = st->sum[i];
-    rr.log_sum = log(rr.sum);
-    rr.lse = (double)m / job->temperature + rr.log_sum;
-    rr.entropy = job->want_entropy ? rr.log_sum - st->wsum[i] / rr.sum : 0.0;
-    rr.scratch = NULL;
     double *lp = job->lp + hr->t0;
-    for (int64_t q = 0; q < hr->k; q++) {
-        const float xt = st->xt[i * job->kmax + q];
-        if (xt == -INFINITY) {
-            job->bad[r] = 1;
+    if (tl__row_finish(&rs, st->xt + i * job->kmax, hr->tok, hr->k,
+                       job->temperature, inv_t, job->want_entropy, &rr, lp,
+                       status))
+        return;
+    if (job->lse) {
+        job->lse[r] = rr.lse;
+        if (!isfinite((float)rr.lse)) {
+            *status = (tl_rowstatus){TL_ROW_LSE_RANGE, -1, rr.lse};
             return;
         }
-        lp[q] = ((double)xt - (double)m) / job->temperature - rr.log_sum;
     }
-    if (job->lse)
-        job->lse[r] = rr.lse;
     if (job->ent)
         job->ent[r] = rr.entropy;
     if (!job->cfg && !job->g_in)
         return;
     double g[TL_MAX_TARGETS];
-    const int code = row_upstream(job, r, lp, g);
-    if (code) {
-        job->bad[r] = (unsigned char)code;
+    if (row_upstream(job, r, lp, g))
         return;
-    }
     if (job->grads &&
-        tl__row_grad_plan(&rr, hr->tok, hr->k, job->temperature, lp, g, 0,
-                          0.0, &st->coef[i], st->fix + i * job->kmax))
-        job->bad[r] = 2;
+        tl__row_grad_plan(NULL, NULL, 0, &rr, hr->tok, hr->k,
+                          job->temperature, lp, g, 0, 0.0, &st->coef[i],
+                          st->fix + i * job->kmax))
+        *status = (tl_rowstatus){TL_ROW_GRAD_OVERFLOW, -1, 0.0};
 }
 
 /* G in place over row i's segment [v0, v0 + len). */
@@ -604,17 +617,17 @@ static void *ws_alloc(size_t bytes)
     return p;
 }
 
-/* Run the job; returns TL_OK (check job->bad) or TL_ERR_NOMEM. *stop_row
- * receives the lowest bad row, or -1. */
-static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
-                          tl_error *err)
+/* Run the job; returns TL_OK (the rows' statuses are in job->st) or
+ * TL_ERR_NOMEM. After a block with a failed row no gradient is computed;
+ * the forward passes go on until a block has a forward failure, so that
+ * the error reported follows the stages (tl__first_failure). */
+static tl_status head_run(head_job *job, int threads, tl_error *err)
 {
     const tl_head *h = job->head;
     const int64_t d = h->dim, v = h->vocab, bt = job->bt, bv = job->bv;
     const tl_head_grads *gr = job->grads;
     const int with_gh = gr && gr->hidden;
     head_ws w;
-    *stop_row = -1;
     if (ws_layout(bt, bv, d, job->kmax, with_gh, &w))
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "workspace too large");
     char *mem = ws_alloc(w.total);
@@ -624,15 +637,16 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
     char *base = mem;
     float *L = (float *)(base + w.logits), *hb = (float *)(base + w.hid);
     float *part = (float *)(base + w.part), *ghb = (float *)(base + w.gh);
-    const rowstate st = {(float *)(base + w.max), (double *)(base + w.sum),
-                         (double *)(base + w.wsum), (float *)(base + w.xt),
+    const rowstate st = {(float *)(base + w.max), (double *)(base + w.ones),
+                         (double *)(base + w.rest), (double *)(base + w.wsum),
+                         (float *)(base + w.xt),
                          (tl_gradcoef *)(base + w.coef),
                          (float *)(base + w.fix)};
     const int64_t ld = block_ld(bv), nvb = (v + bv - 1) / bv;
     const int64_t ntb = (job->rows + bt - 1) / bt;
     const float inv_t = (float)(1.0 / job->temperature);
     const tl_kernels *kern = tl__kernels();
-    int stop = 0;
+    int halt = 0, nograd = 0;
     /* a call over no tokens still clears the outputs it overwrites */
     if (gr && !gr->accumulate && job->rows == 0) {
         if (gr->weight)
@@ -644,7 +658,7 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
 #pragma omp parallel num_threads(threads)
     {
         blas_worker();
-        for (int64_t tb = 0; tb < ntb && !stop; tb++) {
+        for (int64_t tb = 0; tb < ntb && !halt; tb++) {
             const int64_t r0 = tb * bt;
             const int64_t nb = job->rows - r0 < bt ? job->rows - r0 : bt;
 #pragma omp for schedule(static)
@@ -659,12 +673,13 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
                 for (int64_t i = 0; i < nb; i++) {
                     const hrow *hr = &job->row[r0 + i];
                     float *x = L + (size_t)i * (size_t)ld;
-                    row_stats(job, kern, &st, i, hr, x, v0, len, inv_t);
+                    row_stats(job, kern, &st, i, r0 + i, hr, x, v0, len,
+                              inv_t);
                     if (nvb > 1)
                         continue;
                     /* the whole row is here: finish it while in cache */
                     row_finish(job, &st, i, r0 + i, inv_t);
-                    if (gr && !job->bad[r0 + i])
+                    if (gr && !job->st[r0 + i].code)
                         row_grad(job, kern, &st, i, hr, x, 0, len);
                 }
             }
@@ -674,12 +689,12 @@ static tl_status head_run(head_job *job, int threads, int64_t *stop_row,
                     row_finish(job, &st, i, r0 + i, inv_t);
             }
 #pragma omp single
-            for (int64_t i = 0; i < nb && !stop; i++)
-                if (job->bad[r0 + i]) {
-                    stop = 1;
-                    *stop_row = r0 + i;
-                }
-            if (stop || !gr)
+            for (int64_t i = 0; i < nb; i++) {
+                const int stage = tl__row_stage(job->st[r0 + i].code);
+                nograd |= stage != 0;
+                halt |= stage == 1;
+            }
+            if (nograd || !gr)
                 continue;
             /* pass 2 */
             for (int64_t vb = 0; vb < nvb; vb++) {
@@ -741,9 +756,9 @@ static tl_status check_grad_hidden(const tl_head_grads *gr, int64_t i,
     return TL_OK;
 }
 
-/* The error of bad row r (code 1 or 2): named after the datum's hidden
- * states, or "hidden" for a single matrix. */
-static tl_status bad_row_error(const head_job *job, int64_t r, tl_error *err)
+/* The error of failed row r, named after the datum's hidden states, or
+ * "hidden" for a single matrix. */
+static tl_status row_failure(const head_job *job, int64_t r, tl_error *err)
 {
     char name[48] = "hidden";
     int64_t row = r;
@@ -752,15 +767,7 @@ static tl_status bad_row_error(const head_job *job, int64_t r, tl_error *err)
         snprintf(name, sizeof name, "data[%lld].hidden", (long long)i);
         row = r - job->batch->row_off[i];
     }
-    if (job->bad[r] == 2)
-        return tl__fail(err, TL_ERR_VALUE, name, row,
-                        "the gradient of %s row %lld overflows float32 "
-                        "(temperature = %g)", name, (long long)row,
-                        job->temperature);
-    return tl__fail(err, TL_ERR_BAD_ROW, name, row,
-                    "the logits of %s row %lld (hidden @ weight^T + bias) "
-                    "have a NaN or +inf, are all -inf, or a target's is "
-                    "-inf", name, (long long)row);
+    return tl__row_error(&job->st[r], name, row, 1, job->temperature, err);
 }
 
 /* Plan, run and report a laid-out job. A row whose loss overflows is left
@@ -771,16 +778,18 @@ static tl_status run_job(head_job *job, const tl_options *o,
 {
     tl_status s;
     size_t ws;
-    int64_t stop = -1;
     const int with_gh = job->grads && job->grads->hidden;
     if ((s = plan(job->head, job->rows, job->kmax, ho, with_gh, &job->bt,
                   &job->bv, &ws, err)) ||
-        (s = head_run(job, head_threads(o, job->bv), &stop, err)))
+        (s = head_run(job, head_threads(o, job->bv), err)))
         return s;
+    const int64_t fail = tl__first_failure(job->st, job->rows);
     if (overflow)
-        *overflow = stop >= 0 && job->bad[stop] == 3 ? stop : -1;
-    if (stop >= 0 && job->bad[stop] != 3)
-        return bad_row_error(job, stop, err);
+        *overflow = fail >= 0 && job->st[fail].code == TL_ROW_LOSS_OVERFLOW
+                        ? fail
+                        : -1;
+    if (fail >= 0 && job->st[fail].code != TL_ROW_LOSS_OVERFLOW)
+        return row_failure(job, fail, err);
     return TL_OK;
 }
 
@@ -851,8 +860,8 @@ tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
     job.lp = malloc((size_t)(n * k) * sizeof *job.lp);
     job.lse = malloc((size_t)n * sizeof *job.lse);
     job.ent = malloc((size_t)n * sizeof *job.ent);
-    job.bad = calloc((size_t)n, 1);
-    if (!job.lp || !job.lse || !job.ent || !job.bad)
+    job.st = calloc((size_t)n + 1, sizeof *job.st);
+    if (!job.lp || !job.lse || !job.ent || !job.st)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     else if (!(s = run_job(&job, &o, ho, NULL, err))) {
         for (int64_t i = 0; i < n * k; i++)
@@ -868,7 +877,7 @@ tl_status tl_head_logprobs(const tl_head *head, const tl_hidden *hidden,
     free(job.lp);
     free(job.lse);
     free(job.ent);
-    free(job.bad);
+    free(job.st);
     free((void *)job.row);
     return s;
 }
@@ -894,13 +903,13 @@ tl_status tl_head_backward(const tl_head *head, const tl_hidden *hidden,
     job.g_in = g;
     job.grads = grads;
     job.lp = malloc((size_t)(n * k + 1) * sizeof *job.lp);
-    job.bad = calloc((size_t)n + 1, 1);
-    if (!job.lp || !job.bad)
+    job.st = calloc((size_t)n + 1, sizeof *job.st);
+    if (!job.lp || !job.st)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     else if (!(s = run_job(&job, &o, ho, NULL, err)))
         s = tl__ok(err);
     free(job.lp);
-    free(job.bad);
+    free(job.st);
     free((void *)job.row);
     return s;
 }
@@ -988,11 +997,11 @@ tl_status tl_head_forward_backward(const tl_loss_config *cfg,
     job.loss = malloc((size_t)(toks + 1) * sizeof *job.loss);
     job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
     job.ent = malloc((size_t)(rows + 1) * sizeof *job.ent);
-    job.bad = calloc((size_t)rows + 1, 1);
+    job.st = calloc((size_t)rows + 1, sizeof *job.st);
     job.want_entropy = o.entropy;
     job.grads = wants_grads(grads) ? grads : NULL;
     int64_t overflow = -1;
-    if (!job.loss || !job.lp || !job.ent || !job.bad)
+    if (!job.loss || !job.lp || !job.ent || !job.st)
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     else if (!(s = run_job(&job, &o, ho, &overflow, err))) {
         if (overflow >= 0) {
@@ -1007,7 +1016,7 @@ tl_status tl_head_forward_backward(const tl_loss_config *cfg,
     free(job.loss);
     free(job.lp);
     free(job.ent);
-    free(job.bad);
+    free(job.st);
     free((void *)job.row);
     tl__batch_free(&b);
     return s;
@@ -1033,12 +1042,12 @@ tl_status tl_head_forward_backward_custom(
     const int64_t toks = b.tok_off[ndata], rows = b.row_off[ndata];
     tl_tokbufs f = {NULL, NULL, NULL, NULL, NULL};
     job.lp = malloc((size_t)(toks + 1) * sizeof *job.lp);
-    job.bad = calloc((size_t)rows + 1, 1);
+    job.st = calloc((size_t)rows + 1, sizeof *job.st);
     double c;
     if ((s = tl__custom_check_weights(&b, weights, err)) ||
         (s = tl__tokbufs_init(&f, &b, 0, err)))
         goto done;
-    if (!job.lp || !job.bad) {
+    if (!job.lp || !job.st) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
         goto done;
     }
@@ -1064,7 +1073,7 @@ tl_status tl_head_forward_backward_custom(
 done:
     tl__tokbufs_free(&f);
     free(job.lp);
-    free(job.bad);
+    free(job.st);
     free((void *)job.row);
     tl__batch_free(&b);
     return s;

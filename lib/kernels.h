@@ -24,6 +24,8 @@
  * the row maximum's term exp(0) = 1, and keeping them out avoids subnormal
  * results. */
 #define TL_EXP_FLUSH (-86.5f)
+/* The same in base 2: 2^t below this is flushed (exp(TL_EXP_FLUSH)). */
+#define TL_EXP2_FLUSH (-124.79f)
 /* Arguments are clamped to this before use so that -inf never meets 0. */
 #define TL_ARG_CLAMP (-104.0f)
 /* Bytes of logits per block of the statistics pass (in L1): 1,024
@@ -50,7 +52,12 @@ static inline int64_t tl__nblocks(int64_t v)
 typedef struct tl_rowstats {
     float max;   /* max of the raw logits (-inf if all are -inf) */
     int bad;     /* 1 if a NaN or +inf was seen (other fields undefined) */
-    double sum;  /* S = sum_j exp(d_j) */
+    /* S = sum_j exp(d_j) = ones + rest: the terms that are exactly 1 (the
+     * row max, and ties with it) are counted apart from the others, so
+     * that S - 1, which the target's gradient needs when its probability
+     * is close to 1, is not lost to rounding against the 1 */
+    double ones;
+    double rest;
     double wsum; /* W = sum_j exp(d_j) * d_j (only when want_w) */
 } tl_rowstats;
 
@@ -73,7 +80,15 @@ typedef struct tl_rowscratch {
     float *scale;  /* tl__nblocks(v), for the caller's gradient scale */
 } tl_rowscratch;
 
-/* out_j = exp(d_j) (k + kb d_j), d_j = (x_j - M) / T. */
+/* out_j = exp(d_j) (k + kb d_j), d_j = (x_j - M) / T.
+ *
+ * Terms exp(d_j) below 2^TL_EXP2_FLUSH are flushed to zero by the vector
+ * exponential, but with |k| near 1 or more the element they belong to can
+ * still be a normal float. The tail of such a row is computed apart: where
+ * tail_lo <= t_j < TL_EXP2_FLUSH (t_j = d_j log2(e), the base-2 argument),
+ * out_j = 2^(t_j + tail_sh) (tail_k + tail_kb d_j), with the factors scaled
+ * by 2^-tail_sh, so that every element of magnitude at least FLT_MIN is
+ * computed; below tail_lo every element is below FLT_MIN. */
 typedef struct tl_gradcoef {
     float max;    /* M from tl_rowstats */
     float inv_t;  /* 1 / temperature */
@@ -83,6 +98,8 @@ typedef struct tl_gradcoef {
     float k;      /* scale of exp(d_j) */
     float kb;     /* scale of exp(d_j) * d_j (entropy term), used if entropy */
     int entropy;  /* 0: out_j = k * exp(d_j) */
+    int tail;     /* 1: the tail below the flush is computed */
+    float tail_lo, tail_sh, tail_k, tail_kb;
 } tl_gradcoef;
 
 /* Elements [j0, j1) of a gradient row from its logits; j0 is 0 or the
@@ -110,19 +127,37 @@ typedef struct tl_pending {
 typedef void tl_stats_fn(const void *x, int64_t v, float inv_t, int want_w,
                          const tl_rowscratch *sc, tl_pending *pend,
                          tl_rowstats *st);
-/* out_j = e[j] * scale[b] for j in block b (from a tl_rowscratch). */
-typedef void tl_scale_fn(const float *e, int64_t v, const float *scale,
+/* out_j = e[j] * scale[b] for j in block b (from a tl_rowscratch of the
+ * bfloat16 logits row x), and the tail of the row (see tl_gradcoef) from
+ * x where c->tail is set. */
+typedef void tl_scale_fn(const void *x, const float *e, int64_t v,
+                         const float *scale, const tl_gradcoef *c,
                          void *out);
 
 typedef struct tl_kernels {
     tl_isa isa;
     int vector_bytes;             /* store alignment unit per element size
                                      is vector_bytes / 4 elements */
+    int scratch;                  /* 1: bfloat16 gradients may be written
+                                     from a scratch row (see
+                                     tl__grad_uses_scratch) */
     tl_stats_fn *stats[2];        /* [input dtype] */
     tl_grad_range_fn *grad[2][2]; /* [input dtype][output dtype]; NULL =
                                      none */
     tl_scale_fn *scale[2];        /* [output dtype] */
 } tl_kernels;
+
+/* How a row's gradient is written, decided from that row alone (its
+ * gradient dtype and whether its statistics include the entropy) and the
+ * tier: from the exponentials its statistics pass keeps in a scratch row
+ * (a bfloat16 gradient, which needs bfloat16 logits, on a vector tier:
+ * there the arithmetic, not memory, is the bound), or computed again from
+ * the logits while they are in cache. */
+static inline int tl__grad_uses_scratch(const tl_kernels *kern,
+                                        tl_dtype grad, int want_entropy)
+{
+    return kern->scratch && grad == TL_BF16 && !want_entropy;
+}
 
 /* Elements before the first output address aligned for a vector of vw
  * elements of es bytes (at most vw - 1, and at most v). */

@@ -1,6 +1,7 @@
 /* Per-token logprobs and their gradient with respect to the logits. */
 #include "internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,41 +24,38 @@ float tl__load(const tl_logits *lg, int64_t row, int64_t col)
                                 : ((const float *)p)[col];
 }
 
-static int scratch_alloc(tl_rowscratch *sc, int64_t vmax)
+tl_rowscratch *tl__scratch_new(int n, int64_t vmax)
 {
+    tl_rowscratch *sc = calloc((size_t)n, sizeof *sc);
+    if (!sc)
+        return NULL;
     const int64_t nb = tl__nblocks(vmax);
-    sc->e = malloc((size_t)vmax * sizeof *sc->e + 64);
-    sc->boff = malloc((size_t)nb * sizeof *sc->boff + 8);
-    sc->scale = malloc((size_t)nb * sizeof *sc->scale + 8);
-    return sc->e && sc->boff && sc->scale ? 0 : -1;
-}
-
-static void scratch_free(tl_rowscratch *sc)
-{
-    free(sc->e);
-    free(sc->boff);
-    free(sc->scale);
-    sc->e = sc->scale = NULL;
-    sc->boff = NULL;
-}
-
-static tl_rowscratch *scratch_new(int64_t vmax)
-{
-    tl_rowscratch *sc = calloc(1, sizeof *sc);
-    if (sc && scratch_alloc(sc, vmax)) {
-        scratch_free(sc);
-        free(sc);
-        sc = NULL;
+    for (int i = 0; i < n; i++) {
+        sc[i].e = malloc((size_t)vmax * sizeof *sc[i].e + 64);
+        sc[i].boff = malloc((size_t)nb * sizeof *sc[i].boff + 8);
+        sc[i].scale = malloc((size_t)nb * sizeof *sc[i].scale + 8);
+        if (!sc[i].e || !sc[i].boff || !sc[i].scale) {
+            tl__scratch_free(sc, i + 1);
+            return NULL;
+        }
     }
     return sc;
 }
 
-void tl__pipe_init(tl_pipe *pp, const tl_grad *grad, int entropy,
-                   int64_t vmax)
+void tl__scratch_free(tl_rowscratch *sc, int n)
+{
+    for (int i = 0; sc && i < n; i++) {
+        free(sc[i].e);
+        free(sc[i].boff);
+        free(sc[i].scale);
+    }
+    free(sc);
+}
+
+void tl__pipe_init(tl_pipe *pp, tl_rowscratch *sc)
 {
     memset(pp, 0, sizeof *pp);
-    if (grad && grad->dtype == TL_BF16 && !entropy)
-        pp->sc = scratch_new(vmax);
+    pp->sc = sc;
 }
 
 /* Finish the pending row: the rest of it, then its target elements. */
@@ -79,10 +77,6 @@ static void pipe_settle(tl_pipe *pp)
 void tl__pipe_finish(tl_pipe *pp)
 {
     pipe_settle(pp);
-    if (pp->sc)
-        scratch_free(pp->sc);
-    free(pp->sc);
-    pp->sc = NULL;
 }
 
 static char *grad_row(const tl_grad *grad, int64_t row)
@@ -102,42 +96,211 @@ void tl__nan_row(const tl_grad *grad, int64_t row, int64_t vocab)
     }
 }
 
+/* ---- row statuses and their errors ------------------------------------- */
+
+int tl__row_stage(int code)
+{
+    switch (code) {
+    case TL_ROW_OK: return 0;
+    case TL_ROW_LOSS_OVERFLOW: return 2;
+    case TL_ROW_GRAD_OVERFLOW: return 3;
+    default: return 1;
+    }
+}
+
+int64_t tl__first_failure(const tl_rowstatus *st, int64_t rows)
+{
+    int64_t best = -1;
+    int stage = 4;
+    for (int64_t r = 0; r < rows; r++) {
+        const int sr = tl__row_stage(st[r].code);
+        if (sr && sr < stage) {
+            stage = sr;
+            best = r;
+        }
+    }
+    return best;
+}
+
+tl_status tl__row_error(const tl_rowstatus *st, const char *name,
+                        int64_t row, int via_head, double temperature,
+                        tl_error *err)
+{
+    /* on the projection path the row's logits are computed, not given */
+    const char *of = via_head ? ": its logits (hidden @ weight^T + bias)" : "";
+    const long long r = (long long)row;
+    switch (st->code) {
+    case TL_ROW_NONFINITE:
+        return tl__fail(err, TL_ERR_BAD_ROW, name, row,
+                        "%s row %lld%s %s %s at column %lld", name, r, of,
+                        via_head ? "have" : "has",
+                        isnan(st->value) ? "NaN" : "+inf",
+                        (long long)st->at);
+    case TL_ROW_ALL_NEG_INF:
+        return tl__fail(err, TL_ERR_BAD_ROW, name, row,
+                        "%s row %lld%s %s -inf everywhere", name, r, of,
+                        via_head ? "are" : "is");
+    case TL_ROW_TARGET_NEG_INF:
+        return tl__fail(err, TL_ERR_BAD_ROW, name, row,
+                        "%s row %lld: the target token %lld has logit -inf "
+                        "(probability 0)", name, r, (long long)st->at);
+    case TL_ROW_LP_RANGE:
+        return tl__fail(err, TL_ERR_BAD_ROW, name, row,
+                        "%s row %lld: the target token %lld has logprob "
+                        "%.9g, beyond the float32 range (probability 0 in "
+                        "float32; temperature = %g)", name, r,
+                        (long long)st->at, st->value, temperature);
+    case TL_ROW_GRAD_OVERFLOW:
+        return tl__fail(err, TL_ERR_VALUE, name, row,
+                        "the gradient of %s row %lld overflows float32 "
+                        "(temperature = %g)", name, r, temperature);
+    default:
+        return tl__fail(err, TL_ERR_VALUE, name, row,
+                        "%s row %lld: a loss overflows float32", name, r);
+    }
+}
+
+void tl__scan_bad_row(const tl_logits *lg, int64_t row, tl_rowstatus *st)
+{
+    for (int64_t j = 0; j < lg->vocab; j++) {
+        const float x = tl__load(lg, row, j);
+        if (isnan(x) || x == INFINITY) {
+            *st = (tl_rowstatus){TL_ROW_NONFINITE, j, (double)x};
+            return;
+        }
+    }
+    *st = (tl_rowstatus){TL_ROW_ALL_NEG_INF, -1, 0.0};
+}
+
+/* ---- one row ------------------------------------------------------------ */
+
+int tl__row_finish(const tl_rowstats *st, const float *xt,
+                   const int64_t *targets, int64_t k, double temperature,
+                   float inv_t, int want_entropy, tl_rowresult *r, double *lp,
+                   tl_rowstatus *status)
+{
+    r->max = st->max;
+    r->inv_t = inv_t;
+    r->ones = st->ones;
+    r->rest = st->rest;
+    r->sum = st->ones + st->rest;
+    /* log S from the terms apart from the single 1: exact near S = 1 */
+    r->log_sum = st->ones == 1.0 ? log1p(st->rest) : log(r->sum);
+    r->lse = (double)st->max / temperature + r->log_sum;
+    r->entropy = want_entropy ? r->log_sum - st->wsum / r->sum : 0.0;
+    r->at_max = 0;
+    r->scratch = NULL;
+    for (int64_t q = 0; q < k; q++) {
+        if (xt[q] == -INFINITY) {
+            *status = (tl_rowstatus){TL_ROW_TARGET_NEG_INF, targets[q], 0.0};
+            return status->code;
+        }
+        lp[q] = ((double)xt[q] - (double)st->max) / temperature - r->log_sum;
+        if (!isfinite((float)lp[q])) {
+            *status = (tl_rowstatus){TL_ROW_LP_RANGE, targets[q], lp[q]};
+            return status->code;
+        }
+        if (xt[q] == st->max)
+            r->at_max |= (uint64_t)1 << q;
+    }
+    *status = (tl_rowstatus){TL_ROW_OK, -1, 0.0};
+    return TL_ROW_OK;
+}
+
 int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
                     const int64_t *targets, int64_t k, double temperature,
-                    int want_entropy, tl_pipe *pp, tl_rowresult *r,
-                    double *lp)
+                    int want_entropy, tl_pipe *pp, const tl_grad *grad,
+                    tl_rowresult *r, double *lp, tl_rowstatus *status)
 {
     const float inv_t = (float)(1.0 / temperature);
-    /* the entropy gradient needs the logits again anyway */
-    tl_rowscratch *sc = pp && !want_entropy ? pp->sc : NULL;
+    /* the method of this row's gradient, from its own dtypes */
+    tl_rowscratch *sc =
+        pp && grad && tl__grad_uses_scratch(kern, grad->dtype, want_entropy)
+            ? pp->sc
+            : NULL;
     tl_rowstats st;
     kern->stats[lg->dtype](tl__row_ptr(lg, row), lg->vocab, inv_t,
                            want_entropy, sc, pp && pp->has ? &pp->pend : NULL,
                            &st);
     if (pp)
         pipe_settle(pp);
-    r->scratch = sc;
-    if (st.bad || st.max == -INFINITY)
-        return 1;
-    r->max = st.max;
-    r->inv_t = inv_t;
-    r->sum = st.sum;
-    r->log_sum = log(st.sum);
-    r->lse = (double)st.max / temperature + r->log_sum;
-    r->entropy = want_entropy ? r->log_sum - st.wsum / st.sum : 0.0;
-    for (int64_t q = 0; q < k; q++) {
-        const float xt = tl__load(lg, row, targets[q]);
-        if (xt == -INFINITY)
-            return 1;
-        lp[q] = ((double)xt - (double)st.max) / temperature - r->log_sum;
+    if (st.bad || st.max == -INFINITY) {
+        /* the reason, while the row is intact */
+        tl__scan_bad_row(lg, row, status);
+        return status->code;
     }
-    return 0;
+    float xt[TL_MAX_TARGETS];
+    for (int64_t q = 0; q < k; q++)
+        xt[q] = tl__load(lg, row, targets[q]);
+    const int code = tl__row_finish(&st, xt, targets, k, temperature, inv_t,
+                                    want_entropy, r, lp, status);
+    r->scratch = sc;
+    return code;
 }
 
-int tl__row_grad_plan(const tl_rowresult *r, const int64_t *targets,
-                      int64_t k, double temperature, const double *lp,
-                      const double *g, int have_ge, double ge, tl_gradcoef *c,
-                      float *fix)
+/* The tail of a gradient row below the flush (tl_gradcoef): needed when a
+ * term flushed to zero can belong to an element of magnitude >= FLT_MIN,
+ * i.e. when the factor of the terms can reach 2^(-126 - TL_EXP2_FLUSH). */
+static void plan_tail(double k, double kb, tl_gradcoef *c)
+{
+    /* |k + kb d| over the window, where |d| <= 257 ln 2 */
+    const double bound = fabs(k) + fabs(kb) * 257.0 * 0.6931471805599453;
+    c->tail = bound * exp2((double)TL_EXP2_FLUSH) >= (double)FLT_MIN;
+    if (!c->tail)
+        return;
+    /* below tail_lo = FLUSH - sh, 2^t * bound < FLT_MIN; sh at most 132,
+     * so that t + sh stays in the exponential's range (reached only with
+     * factors near FLT_MAX) */
+    int sh = ilogb(bound) + 3;
+    if (sh > 132)
+        sh = 132;
+    c->tail_sh = (float)sh;
+    c->tail_lo = TL_EXP2_FLUSH - (float)sh;
+    c->tail_k = (float)ldexp(k, -sh);
+    c->tail_kb = (float)ldexp(kb, -sh);
+}
+
+/* S - 1 of a row whose target is its unique max, with the terms below the
+ * exponential's flush included. It is asked for only when S - 1 < V
+ * 2^(FLUSH + 24), so every other term is below 2^-82: the gradient kernel
+ * computes them shifted up by 2^90 (through the offset) and scaled by
+ * 2^127, every term down to 2^-344 (with its tail), chunk by chunk into a
+ * buffer summed in double, the target's own term left out. (When M c is
+ * beyond the float range the shift cannot go through the offset: terms
+ * down to 2^-254.) */
+static double precise_rest(const tl_kernels *kern, const tl_logits *lg,
+                           int64_t row, const tl_gradcoef *c0, int64_t target)
+{
+    enum { CHUNK = 256 };
+    tl_gradcoef c = *c0;
+    const double off = (double)c.max * (double)c.c;
+    const int shift = isfinite(c.off_hi) && isfinite(c.off_lo) ? 90 : 0;
+    c.off_hi = (float)(off - shift);
+    c.off_lo = (float)((off - shift) - (double)c.off_hi);
+    c.k = 0x1p127f;
+    c.kb = 0.0f;
+    c.entropy = 0;
+    plan_tail(0x1p127, 0.0, &c);
+    _Alignas(64) float buf[CHUNK];
+    const char *x = tl__row_ptr(lg, row);
+    const size_t es = elem_size(lg->dtype);
+    double sum = 0.0;
+    for (int64_t j0 = 0; j0 < lg->vocab; j0 += CHUNK) {
+        const int64_t len = lg->vocab - j0 < CHUNK ? lg->vocab - j0 : CHUNK;
+        kern->grad[lg->dtype][TL_F32](x + (size_t)j0 * es, len, &c, buf, 0,
+                                      len);
+        for (int64_t j = 0; j < len; j++)
+            if (j0 + j != target)
+                sum += (double)buf[j];
+    }
+    return ldexp(sum, -127 - shift);
+}
+
+int tl__row_grad_plan(const tl_kernels *kern, const tl_logits *lg,
+                      int64_t row, const tl_rowresult *r,
+                      const int64_t *targets, int64_t k, double temperature,
+                      const double *lp, const double *g, int have_ge,
+                      double ge, tl_gradcoef *c, float *fix)
 {
     /* With G = sum_q g_q, every element gets
      *   -(G p_j + ge p_j (log p_j + H)) / T = p_j (a + b log p_j),
@@ -154,22 +317,38 @@ int tl__row_grad_plan(const tl_rowresult *r, const int64_t *targets,
     const double off = (double)r->max * (double)c->c;
     c->off_hi = (float)off;
     c->off_lo = (float)(off - (double)c->off_hi);
-    c->k = (float)((a - b * r->log_sum) / r->sum);
-    c->kb = (float)(b / r->sum);
+    const double kd = (a - b * r->log_sum) / r->sum, kbd = b / r->sum;
+    c->k = (float)kd;
+    c->kb = (float)kbd;
     c->entropy = have_ge && ge != 0.0;
-    if (!isfinite(c->k) || !isfinite(c->kb))
+    if (!isfinite(c->k) || !isfinite(c->kb) ||
+        !isfinite((float)(fabs(kd) + fabs(kbd) * 257.0)))
         return 1;
+    plan_tail(kd, c->entropy ? kbd : 0.0, c);
     /* target elements, computed directly in double:
      *   (G_j - G p_j - ge p_j (log p_j + H)) / T
-     * with G_j the upstream gradient of every target equal to j, and
-     * G_j - G p_j = G (1 - p_j) = -G expm1(log p_j) when G_j = G. */
+     * with G_j the upstream gradient of every target equal to j:
+     *   G_j - G p_j = G_j (1 - p_j) - (G - G_j) p_j.
+     * 1 - p_j is -expm1(log p_j), or, when the target's term is one of the
+     * row's terms equal to 1 (its logit is the max), (S - 1) / S from the
+     * other terms: no cancellation when p_j is within 1e-7 of 1. When the
+     * other terms are so small that those below the flush could matter
+     * (their sum below V 2^(FLUSH + 24)), they are summed again with the
+     * tail (precise_rest; the logits paths only, lg not NULL). */
+    double rest = r->rest;
     for (int64_t q = 0; q < k; q++) {
         double gj = 0.0;
         for (int64_t u = 0; u < k; u++)
             if (targets[u] == targets[q])
                 gj += g[u];
         const double p = exp(lp[q]);
-        const double main = gj == gsum ? -gsum * expm1(lp[q]) : gj - gsum * p;
+        const int peak = r->at_max >> q & 1;
+        if (peak && lg && r->ones == 1.0 && rest == r->rest &&
+            r->rest < (double)lg->vocab * exp2((double)TL_EXP2_FLUSH + 24.0))
+            rest = precise_rest(kern, lg, row, c, targets[q]);
+        const double om = peak ? (r->ones - 1.0 + rest) / (r->ones + rest)
+                               : -expm1(lp[q]);
+        const double main = gj * om - (gsum - gj) * p;
         const double v =
             (main - (have_ge ? ge * p * (lp[q] + h) : 0.0)) / temperature;
         fix[q] = (float)v;
@@ -187,15 +366,15 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
 {
     tl_gradcoef c;
     float fix[TL_MAX_TARGETS];
-    if (tl__row_grad_plan(r, targets, k, temperature, lp, g, have_ge, ge, &c,
-                          fix))
+    if (tl__row_grad_plan(kern, lg, row, r, targets, k, temperature, lp, g,
+                          have_ge, ge, &c, fix))
         return 1;
     const double off = (double)r->max * (double)c.c;
     char *out = grad_row(grad, row);
-    if (r->scratch && !c.entropy) {
-        /* the forward pass left the row's exponentials in the scratch row:
-         * scale each block from the offset it was summed against to the
-         * row max, and write */
+    if (r->scratch) {
+        /* the forward pass left the row's exponentials in the scratch row
+         * (it does so only without an entropy term): scale each block from
+         * the offset it was summed against to the row max, and write */
         const tl_rowscratch *sc = r->scratch;
         const int64_t nb = tl__nblocks(lg->vocab);
         for (int64_t blk = 0; blk < nb; blk++)
@@ -203,7 +382,8 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
                                  ? 0.0f
                                  : (float)((double)c.k *
                                            exp2(sc->boff[blk] - off));
-        kern->scale[grad->dtype](sc->e, lg->vocab, sc->scale, out);
+        kern->scale[grad->dtype](tl__row_ptr(lg, row), sc->e, lg->vocab,
+                                 sc->scale, &c, out);
     } else if (pp) {
         /* left pending: written during the next row's forward pass */
         const size_t es = elem_size(grad->dtype);
@@ -232,15 +412,6 @@ int tl__row_backward(const tl_kernels *kern, const tl_logits *lg,
     return 0;
 }
 
-/* Lowest row index with flag set, or -1. */
-static int64_t first_flag(const unsigned char *flags, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        if (flags[i])
-            return i;
-    return -1;
-}
-
 tl_status tl__check_k(int64_t k, tl_error *err)
 {
     if (k < 1 || k > TL_MAX_TARGETS)
@@ -250,48 +421,47 @@ tl_status tl__check_k(int64_t k, tl_error *err)
     return TL_OK;
 }
 
-tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
-                            int64_t k, const tl_options *opts,
-                            float *logprobs, float *lse, float *entropy,
-                            tl_error *err)
+tl_status tl__logprobs_named(const tl_logits *logits, const int64_t *targets,
+                             int64_t k, const tl_options *o,
+                             const char *name, float *logprobs, float *lse,
+                             float *entropy, tl_error *err)
 {
-    tl_options o;
     tl_status s;
-    if ((s = tl__check_options(opts, &o, err)) ||
-        (s = tl__check_logits(logits, "logits", err)) ||
-        (s = tl__check_k(k, err)))
-        return s;
     const int64_t n = logits->rows;
     if (n == 0)
         return tl__ok(err);
     if (!logprobs)
         return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
                         "logprobs is NULL with %lld rows", (long long)n);
-    if ((s = tl__check_tokens(targets, n * k, logits->vocab, "targets", err)))
+    if ((s = tl__check_count(n, k, sizeof(double), "targets", err)) ||
+        (s = tl__check_tokens(targets, n * k, logits->vocab, "targets", err)))
         return s;
 
-    /* results are staged so that a bad row leaves the outputs untouched */
+    /* results are staged so that a failed row leaves the outputs
+     * untouched */
     tl_rowresult *res = malloc((size_t)n * sizeof *res);
     double *lp = malloc((size_t)(n * k) * sizeof *lp);
-    unsigned char *bad = calloc((size_t)n, 1);
-    if (!res || !lp || !bad) {
+    tl_rowstatus *st = malloc((size_t)n * sizeof *st);
+    if (!res || !lp || !st) {
         free(res);
         free(lp);
-        free(bad);
+        free(st);
         return tl__fail(err, TL_ERR_NOMEM, "", -1,
                         "cannot allocate %lld row results", (long long)n);
     }
     const tl_kernels *kern = tl__kernels();
     const int want_h = entropy != NULL;
-#pragma omp parallel for schedule(static) num_threads(tl__threads(&o, n))
-    for (int64_t i = 0; i < n; i++)
-        bad[i] = (unsigned char)tl__row_forward(kern, logits, i,
-                                                targets + i * k, k,
-                                                o.temperature, want_h, NULL,
-                                                &res[i], lp + i * k);
-    const int64_t b = first_flag(bad, n);
+#pragma omp parallel for schedule(static) num_threads(tl__threads(o, n))
+    for (int64_t i = 0; i < n; i++) {
+        if (!tl__row_forward(kern, logits, i, targets + i * k, k,
+                             o->temperature, want_h, NULL, NULL, &res[i],
+                             lp + i * k, &st[i]) &&
+            lse && !isfinite((float)res[i].lse))
+            st[i] = (tl_rowstatus){TL_ROW_LSE_RANGE, -1, res[i].lse};
+    }
+    const int64_t b = tl__first_failure(st, n);
     if (b >= 0) {
-        s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
+        s = tl__row_error(&st[b], name, b, 0, o->temperature, err);
     } else {
         for (int64_t i = 0; i < n * k; i++)
             logprobs[i] = (float)lp[i];
@@ -305,8 +475,23 @@ tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
     }
     free(res);
     free(lp);
-    free(bad);
+    free(st);
     return s;
+}
+
+tl_status tl_logprobs_multi(const tl_logits *logits, const int64_t *targets,
+                            int64_t k, const tl_options *opts,
+                            float *logprobs, float *lse, float *entropy,
+                            tl_error *err)
+{
+    tl_options o;
+    tl_status s;
+    if ((s = tl__check_options(opts, &o, err)) ||
+        (s = tl__check_logits(logits, "logits", err)) ||
+        (s = tl__check_k(k, err)))
+        return s;
+    return tl__logprobs_named(logits, targets, k, &o, "logits", logprobs, lse,
+                              entropy, err);
 }
 
 tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
@@ -315,6 +500,69 @@ tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
 {
     return tl_logprobs_multi(logits, targets, 1, opts, logprobs, lse, entropy,
                              err);
+}
+
+tl_status tl__backward_named(const tl_logits *logits, const int64_t *targets,
+                             int64_t k, const float *g, const float *ge,
+                             const tl_options *o, const tl_grad *grad,
+                             const char *name, tl_error *err)
+{
+    tl_status s;
+    const int64_t n = logits->rows;
+    if (n == 0)
+        return tl__ok(err);
+    if ((s = tl__check_count(n, k, sizeof(double), "targets", err)) ||
+        (s = tl__check_tokens(targets, n * k, logits->vocab, "targets",
+                              err)) ||
+        (s = tl__check_finite(g, n * k, "g", err)) ||
+        (ge && (s = tl__check_finite(ge, n, "ge", err))))
+        return s;
+
+    const tl_kernels *kern = tl__kernels();
+    const int have_ge = ge != NULL;
+    const int threads = tl__threads(o, n);
+    tl_rowstatus *st = malloc((size_t)n * sizeof *st);
+    tl_rowscratch *pool =
+        tl__grad_uses_scratch(kern, grad->dtype, have_ge)
+            ? tl__scratch_new(threads, logits->vocab)
+            : NULL;
+    if (!st || (!pool && tl__grad_uses_scratch(kern, grad->dtype, have_ge))) {
+        free(st);
+        tl__scratch_free(pool, threads);
+        return tl__fail(err, TL_ERR_NOMEM, "", -1,
+                        "cannot allocate %lld row statuses and scratch rows",
+                        (long long)n);
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        tl_pipe pp;
+        tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            tl_rowresult r;
+            double lp[TL_MAX_TARGETS], gd[TL_MAX_TARGETS];
+            for (int64_t q = 0; q < k; q++)
+                gd[q] = (double)g[i * k + q];
+            if (tl__row_forward(kern, logits, i, targets + i * k, k,
+                                o->temperature, have_ge, &pp, grad, &r, lp,
+                                &st[i])) {
+                tl__nan_row(grad, i, logits->vocab);
+            } else if (tl__row_backward(kern, logits, i, targets + i * k, k,
+                                        o->temperature, &r, lp, gd, have_ge,
+                                        have_ge ? (double)ge[i] : 0.0, &pp,
+                                        grad)) {
+                st[i] = (tl_rowstatus){TL_ROW_GRAD_OVERFLOW, -1, 0.0};
+                tl__nan_row(grad, i, logits->vocab);
+            }
+        }
+        tl__pipe_finish(&pp);
+    }
+    const int64_t b = tl__first_failure(st, n);
+    s = b < 0 ? tl__ok(err)
+              : tl__row_error(&st[b], name, b, 0, o->temperature, err);
+    free(st);
+    tl__scratch_free(pool, threads);
+    return s;
 }
 
 tl_status tl_logprobs_backward_multi(const tl_logits *logits,
@@ -330,55 +578,8 @@ tl_status tl_logprobs_backward_multi(const tl_logits *logits,
         (s = tl__check_k(k, err)) ||
         (s = tl__check_grad(grad, logits, "grad", err)))
         return s;
-    const int64_t n = logits->rows;
-    if (n == 0)
-        return tl__ok(err);
-    if ((s = tl__check_tokens(targets, n * k, logits->vocab, "targets",
-                              err)) ||
-        (s = tl__check_finite(g, n * k, "g", err)) ||
-        (ge && (s = tl__check_finite(ge, n, "ge", err))))
-        return s;
-
-    unsigned char *bad = calloc((size_t)n, 1);
-    if (!bad)
-        return tl__fail(err, TL_ERR_NOMEM, "", -1,
-                        "cannot allocate %lld row flags", (long long)n);
-    const tl_kernels *kern = tl__kernels();
-    const int have_ge = ge != NULL;
-#pragma omp parallel num_threads(tl__threads(&o, n))
-    {
-        tl_pipe pp;
-        tl__pipe_init(&pp, grad, have_ge, logits->vocab);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            tl_rowresult r;
-            double lp[TL_MAX_TARGETS], gd[TL_MAX_TARGETS];
-            for (int64_t q = 0; q < k; q++)
-                gd[q] = (double)g[i * k + q];
-            if (tl__row_forward(kern, logits, i, targets + i * k, k,
-                                o.temperature, have_ge, &pp, &r, lp)) {
-                bad[i] = 1;
-                tl__nan_row(grad, i, logits->vocab);
-            } else if (tl__row_backward(kern, logits, i, targets + i * k, k,
-                                        o.temperature, &r, lp, gd, have_ge,
-                                        have_ge ? (double)ge[i] : 0.0, &pp,
-                                        grad)) {
-                bad[i] = 2;
-            }
-        }
-        tl__pipe_finish(&pp);
-    }
-    const int64_t b = first_flag(bad, n);
-    if (b < 0)
-        s = tl__ok(err);
-    else if (bad[b] == 1)
-        s = tl__bad_row(logits, b, targets + b * k, k, "logits", err);
-    else
-        s = tl__fail(err, TL_ERR_VALUE, "g", b,
-                     "the gradient of row %lld overflows float32 "
-                     "(temperature = %g)", (long long)b, o.temperature);
-    free(bad);
-    return s;
+    return tl__backward_named(logits, targets, k, g, ge, &o, grad, "logits",
+                              err);
 }
 
 tl_status tl_logprobs_backward(const tl_logits *logits,

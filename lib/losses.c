@@ -364,6 +364,11 @@ tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
         return tl__fail(err, TL_ERR_SIZE, NAME("loss_fn_inputs.target_tokens"),
                         -1, "%s has shape [%lld, %lld] (K must be in [1, %d])",
                         name, (long long)n, (long long)k, TL_MAX_TARGETS);
+    /* n * k per-token values (of 8 bytes) must be addressable */
+    tl_status sc = tl__check_count(n, k, sizeof(double),
+                                   NAME("loss_fn_inputs.target_tokens"), err);
+    if (sc)
+        return sc;
     if (tt->ndim == 2 && cfg && cfg->fn != TL_LOSS_CROSS_ENTROPY &&
         cfg->fn != TL_LOSS_IMPORTANCE_SAMPLING)
         return tl__fail(err, TL_ERR_SHAPE, NAME("loss_fn_inputs.target_tokens"),

@@ -174,6 +174,15 @@ int tl_get_num_threads(void)
     return t > 0 ? t : 1;
 }
 
+int tl__thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 int tl__threads(const tl_options *opts, int64_t work)
 {
     int t = opts && opts->threads > 0 ? opts->threads : tl_get_num_threads();

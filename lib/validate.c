@@ -116,6 +116,17 @@ tl_status tl__check_tokens(const int64_t *ids, int64_t n, int64_t vocab,
     return TL_OK;
 }
 
+tl_status tl__check_count(int64_t n, int64_t k, size_t elem_size,
+                          const char *name, tl_error *err)
+{
+    const int64_t limit = PTRDIFF_MAX / (int64_t)elem_size;
+    if (n < 0 || k < 1 || n > limit / k)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s: %lld x %lld elements overflow the address space",
+                        name, (long long)n, (long long)k);
+    return TL_OK;
+}
+
 tl_status tl__check_finite(const float *x, int64_t n, const char *name,
                            tl_error *err)
 {
@@ -128,38 +139,4 @@ tl_status tl__check_finite(const float *x, int64_t n, const char *name,
                             "%s[%lld] = %g is not finite", name,
                             (long long)i, (double)x[i]);
     return TL_OK;
-}
-
-tl_status tl__bad_row(const tl_logits *lg, int64_t row,
-                      const int64_t *targets, int64_t k, const char *name,
-                      tl_error *err)
-{
-    const size_t es = dtype_size(lg->dtype);
-    const char *base = (const char *)lg->data + (size_t)row *
-                                                    (size_t)lg->stride * es;
-    int all_neg_inf = 1;
-    for (int64_t j = 0; j < lg->vocab; j++) {
-        const float x = lg->dtype == TL_BF16
-                            ? tl__bf16_to_f32(((const uint16_t *)base)[j])
-                            : ((const float *)base)[j];
-        if (isnan(x) || x == INFINITY)
-            return tl__fail(err, TL_ERR_BAD_ROW, name, row,
-                            "%s row %lld has %s at column %lld", name,
-                            (long long)row, isnan(x) ? "NaN" : "+inf",
-                            (long long)j);
-        if (x != -INFINITY)
-            all_neg_inf = 0;
-    }
-    if (all_neg_inf)
-        return tl__fail(err, TL_ERR_BAD_ROW, name, row,
-                        "%s row %lld is -inf everywhere", name,
-                        (long long)row);
-    int64_t target = targets[0];
-    for (int64_t q = 0; q < k; q++)
-        if (tl__load(lg, row, targets[q]) == -INFINITY)
-            target = targets[q];
-    return tl__fail(err, TL_ERR_BAD_ROW, name, row,
-                    "%s row %lld: the target token %lld has logit -inf "
-                    "(probability 0)", name, (long long)row,
-                    (long long)target);
 }

@@ -30,6 +30,11 @@ void ref_loss_token(const char *fn, double lp, double q, double a, double w,
                     double lo, double hi, double beta, double *loss,
                     double *g);
 
+/* Bound of the gradient contract (without an entropy term): every float32
+ * element of magnitude at least FLT_MIN within this relative error of the
+ * exact value; smaller ones within FLT_MIN. */
+#define GRAD_REL 2e-5
+
 /* Bound of the logprob contract: 1e-6 + 1 ulp of the float32 result. */
 double lp_tolerance(float got);
 

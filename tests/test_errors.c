@@ -239,11 +239,12 @@ START_TEST(test_backward_args)
                TL_ERR_VALUE, "temperature", -1);
     for (int k = 0; k < N * V; k++)
         ck_assert(gbuf[k] == SENTINEL_F);
-    /* a gradient that overflows float32 is an error, not inf/NaN */
+    /* a gradient that overflows float32 is an error naming the row, not
+     * inf/NaN */
     o.temperature = 1e-30;
     g[1] = 3e38f;
     EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, &o, &gr, err),
-               TL_ERR_VALUE, "g", 1);
+               TL_ERR_VALUE, "logits", 1);
 }
 END_TEST
 

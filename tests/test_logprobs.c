@@ -227,7 +227,9 @@ START_TEST(test_shift_invariance)
 }
 END_TEST
 
-/* Denormal logits are ordinary values; FLT_MAX-sized ones stay finite. */
+/* Denormal logits are ordinary values; FLT_MAX-sized ones stay finite;
+ * a target whose logprob is below the float32 range (probability 0 in
+ * float32) is a bad row, as a target logit of -inf is, on every path. */
 START_TEST(test_denormals_and_extremes)
 {
     enum { V = 37 };
@@ -236,23 +238,36 @@ START_TEST(test_denormals_and_extremes)
         x[j] = (j % 2 ? 1.0f : -1.0f) * 1e-40f; /* denormal */
         x[V + j] = j == 5 ? 3.0e38f : -3.0e38f;
     }
-    int64_t t[2] = {3, 6};
+    int64_t t[2] = {3, 5};
     tl_logits lg = {x, TL_F32, 2, V, V};
     float lp[2], h[2];
     ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, h, NULL), TL_OK);
     ck_assert(fabs(lp[0] + log((double)V)) <= lp_tolerance(lp[0]));
     ck_assert(fabs(h[0] - log((double)V)) <= 1e-5);
-    /* row 2: the target is 6e38 below the max: its logprob is below the
-     * float range (-inf), probability 0 for all but the max */
-    ck_assert(lp[1] == -INFINITY);
+    /* row 2: all the probability on the max */
+    ck_assert(lp[1] == 0.0f);
     ck_assert(fabsf(h[1]) <= 1e-6f);
     float g[2] = {1.0f, 1.0f}, gr[2 * V];
     tl_grad gd = {gr, TL_F32, V};
     ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gd, NULL),
                      TL_OK);
-    for (int j = 0; j < 2 * V; j++)
-        ck_assert(isfinite(gr[j]));
-    ck_assert(gr[V + 6] == 1.0f && gr[V + 5] == -1.0f);
+    for (int j = 0; j < V; j++)
+        ck_assert(isfinite(gr[j]) && gr[V + j] == 0.0f);
+    /* target 6, 6e38 below the max: logprob -6e38 */
+    t[1] = 6;
+    tl_error e;
+    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, NULL, &e),
+                     TL_ERR_BAD_ROW);
+    ck_assert_str_eq(e.arg, "logits");
+    ck_assert_int_eq(e.index, 1);
+    ck_assert_msg(strstr(e.message, "target token 6 has logprob -6") &&
+                      strstr(e.message, "beyond the float32 range"),
+                  "%s", e.message);
+    ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gd, &e),
+                     TL_ERR_BAD_ROW);
+    ck_assert_int_eq(e.index, 1);
+    for (int j = 0; j < V; j++)
+        ck_assert(isnan(gr[V + j]));
 }
 END_TEST
 

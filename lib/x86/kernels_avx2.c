@@ -109,6 +109,23 @@ static inline VM vm_none(void) { return _mm256_setzero_ps(); }
 static inline VM vm_unord(VM m, VF v) { return _mm256_or_ps(m, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); }
 static inline int vm_any(VM m) { return _mm256_movemask_ps(m) != 0; }
 
+/* e with its lanes equal to 1 set to 0, and those lanes counted in ones */
+static inline VF vf_drop_ones(VF e, VF *ones)
+{
+    const VF one = _mm256_set1_ps(1.0f);
+    const VF eq = _mm256_cmp_ps(e, one, _CMP_EQ_OQ);
+    *ones = _mm256_add_ps(*ones, _mm256_and_ps(eq, one));
+    return _mm256_andnot_ps(eq, e);
+}
+
+static inline VM vm_in_range(VF t, VF lo, VF hi)
+{
+    return _mm256_and_ps(_mm256_cmp_ps(t, lo, _CMP_GE_OQ),
+                         _mm256_cmp_ps(t, hi, _CMP_LT_OQ));
+}
+static inline VM vm_zero(VF v) { return _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ); }
+static inline VF vf_select(VM m, VF a, VF b) { return _mm256_blendv_ps(b, a, m); }
+
 static inline VD vd_zero(void) { return _mm256_setzero_pd(); }
 static inline void vd_acc(VD *lo, VD *hi, VF v)
 {
@@ -128,7 +145,7 @@ static inline VF vexp2(VF t);
 #define KERNEL_ISA TL_ISA_AVX2
 #include "kernels_body.h"
 
-/* 2^t, t <= 0: n = round(t) with the 1.5 * 2^23 trick (n lands in the low
+/* 2^t, t <= 8: n = round(t) with the 1.5 * 2^23 trick (n lands in the low
  * mantissa bits of u), the polynomial of r = t - n, then n added to the
  * exponent bits. Results below TL_EXP2_FLUSH are zeroed (n >= -125 keeps
  * the rest normal; this also covers t = -inf); NaN stays NaN. */

@@ -93,6 +93,23 @@ static inline VM vm_none(void) { return 0; }
 static inline VM vm_unord(VM m, VF v) { return m | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
 static inline int vm_any(VM m) { return m != 0; }
 
+/* e with its lanes equal to 1 set to 0, and those lanes counted in ones */
+static inline VF vf_drop_ones(VF e, VF *ones)
+{
+    const VF one = _mm512_set1_ps(1.0f);
+    const __mmask16 eq = _mm512_cmp_ps_mask(e, one, _CMP_EQ_OQ);
+    *ones = _mm512_mask_add_ps(*ones, eq, *ones, one);
+    return _mm512_mask_mov_ps(e, eq, _mm512_setzero_ps());
+}
+
+static inline VM vm_in_range(VF t, VF lo, VF hi)
+{
+    return _mm512_cmp_ps_mask(t, lo, _CMP_GE_OQ) &
+           _mm512_cmp_ps_mask(t, hi, _CMP_LT_OQ);
+}
+static inline VM vm_zero(VF v) { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_EQ_OQ); }
+static inline VF vf_select(VM m, VF a, VF b) { return _mm512_mask_blend_ps(m, b, a); }
+
 static inline VD vd_zero(void) { return _mm512_setzero_pd(); }
 static inline void vd_acc(VD *lo, VD *hi, VF v)
 {
@@ -108,7 +125,7 @@ static inline VF vexp2(VF t);
 #define KERNEL_ISA TL_ISA_AVX512
 #include "kernels_body.h"
 
-/* 2^t, t <= 0: n = round(t), the polynomial of r = t - n, then vscalefps
+/* 2^t, t <= 8: n = round(t), the polynomial of r = t - n, then vscalefps
  * for 2^n. Results below TL_EXP2_FLUSH are zeroed (no subnormals; this
  * also covers t = -inf); NaN passes through. */
 static inline VF vexp2(VF t)

@@ -11,9 +11,14 @@
  *   vf_store_part(out, j, n, v, bf16)   first n lanes only
  *   vf_store_aligned(out, j, v, bf16)   full vector store to an aligned
  *                                       address
- *   vexp2(t)                            2^t for t <= 0 (NaN stays NaN), 0
+ *   vexp2(t)                            2^t for t <= 8 (NaN stays NaN), 0
  *                                       below TL_EXP2_FLUSH (defined after
  *                                       this file, with vexp2_poly)
+ *   vf_drop_ones(e, &ones)              e with its lanes equal to 1 set to
+ *                                       0, and 1 added to those of ones
+ *   vm_in_range(t, lo, hi)              lanes with lo <= t < hi
+ *   vm_zero(v)                          lanes equal to 0
+ *   vf_select(mask, a, b)               a where mask, else b
  *   vf_hmax(v)                          horizontal max
  *   vm_none() vm_unord(mask, v) vm_any(mask)
  *   vd_zero() vd_acc(acc_lo, acc_hi, v) vd_hsum(a, b)
@@ -28,8 +33,6 @@
 #define TL_EXP2_C3 5.5506151170e-02f
 #define TL_EXP2_C4 9.6729313955e-03f
 #define TL_EXP2_C5 1.3302211883e-03f
-/* 2^t below this is flushed to zero (exp(TL_EXP_FLUSH) in base 2) */
-#define TL_EXP2_FLUSH (-124.79f)
 #define TL_LOG2E 1.44269504088896341f
 #define TL_LN2 0.693147180559945309
 /* how many blocks ahead the statistics pass prefetches (measured on Zen 4,
@@ -66,28 +69,81 @@ static inline VF block_scales(const float *sb, int64_t j, int64_t n)
     return vf_load(tmp, 0, 0);
 }
 
-/* out_j = e_j * scale[b]: the gradient row from the exponentials the
- * statistics pass left in the scratch row. */
-static inline __attribute__((always_inline)) void
-body_scale(const float *e, int64_t v, const float *sb, void *out,
-           const int bf16_out)
+/* t_j = x_j c - M c, the base-2 argument of element j's term, as the
+ * statistics pass computes it (split offset, or (x - M) c when M c is
+ * beyond the float range) */
+static inline VF grad_arg(VF x, const tl_gradcoef *c, const int huge)
 {
+    return huge ? vf_mul(vf_sub(x, vf_set1(c->max)), vf_set1(c->c))
+                : vf_sub(vf_fmadd(x, vf_set1(c->c), vf_set1(-c->off_hi)),
+                         vf_set1(c->off_lo));
+}
+
+static inline int grad_huge(const tl_gradcoef *c)
+{
+    return !isfinite(c->off_hi) || !isfinite(c->off_lo);
+}
+
+/* The lanes of g whose term was flushed but whose element may still be a
+ * normal float (tl_gradcoef): 2^(t + sh) (k' + kb' ln2 t) with the factors
+ * scaled by 2^-sh. t + sh is exact (sh is an integer no larger than |t|),
+ * and the scaled product rounds once, into the subnormals if it must. */
+static inline VF grad_tail(VF t, VF g, const tl_gradcoef *c)
+{
+    const VM in = vm_in_range(t, vf_set1(c->tail_lo), vf_set1(TL_EXP2_FLUSH));
+    if (!vm_any(in))
+        return g;
+    const VF e = vexp2(vf_add(t, vf_set1(c->tail_sh)));
+    const VF f = c->entropy ? vf_fmadd(vf_set1(c->tail_kb * (float)TL_LN2), t,
+                                       vf_set1(c->tail_k))
+                            : vf_set1(c->tail_k);
+    return vf_select(in, vf_mul(e, f), g);
+}
+
+/* The tail of a scratch row's vector at j: its zero terms were flushed
+ * (or are -inf logits); recompute those from the bfloat16 logits. */
+static inline VF scale_tail(const void *x, int64_t j, int64_t n, VF e, VF g,
+                            const tl_gradcoef *c, const int huge)
+{
+    if (!vm_any(vm_zero(e)))
+        return g;
+    const VF xv = n == VW ? vf_load(x, j, 1) : vf_load_part(x, j, n, 1, -INFINITY);
+    return grad_tail(grad_arg(xv, c, huge), g, c);
+}
+
+/* out_j = e_j * scale[b]: the gradient row from the exponentials the
+ * statistics pass left in the scratch row (of the bfloat16 logits x),
+ * and the row's tail, where it has one, from x. */
+static inline __attribute__((always_inline)) void
+body_scale(const void *x, const float *e, int64_t v, const float *sb,
+           const tl_gradcoef *cp, void *out, const int bf16_out)
+{
+    /* a local copy: the stores to out cannot alias it */
+    const tl_gradcoef cc = *cp, *c = &cc;
     const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
-    if (head > 0)
-        vf_store_part(out, 0, head,
-                      vf_mul(vf_load_part(e, 0, head, 0, 0.0f),
-                             block_scales(sb, 0, head)),
-                      bf16_out);
+    const int tail = c->tail, huge = grad_huge(c);
+    if (head > 0) {
+        const VF ev = vf_load_part(e, 0, head, 0, 0.0f);
+        VF g = vf_mul(ev, block_scales(sb, 0, head));
+        if (tail)
+            g = scale_tail(x, 0, head, ev, g, c, huge);
+        vf_store_part(out, 0, head, g, bf16_out);
+    }
     int64_t j = head;
-    for (; j + VW <= v; j += VW)
-        vf_store_aligned(out, j,
-                         vf_mul(vf_load(e, j, 0), block_scales(sb, j, VW)),
-                         bf16_out);
-    if (j < v)
-        vf_store_part(out, j, v - j,
-                      vf_mul(vf_load_part(e, j, v - j, 0, 0.0f),
-                             block_scales(sb, j, v - j)),
-                      bf16_out);
+    for (; j + VW <= v; j += VW) {
+        const VF ev = vf_load(e, j, 0);
+        VF g = vf_mul(ev, block_scales(sb, j, VW));
+        if (tail)
+            g = scale_tail(x, j, VW, ev, g, c, huge);
+        vf_store_aligned(out, j, g, bf16_out);
+    }
+    if (j < v) {
+        const VF ev = vf_load_part(e, j, v - j, 0, 0.0f);
+        VF g = vf_mul(ev, block_scales(sb, j, v - j));
+        if (tail)
+            g = scale_tail(x, j, v - j, ev, g, c, huge);
+        vf_store_part(out, j, v - j, g, bf16_out);
+    }
 }
 
 /* max(mx, x_j) over j in [j0, j1), one vector at a time, the last one
@@ -108,7 +164,10 @@ static inline VF max_range(const void *x, int64_t j0, int64_t j1, VF mx,
  * c = log2(e) / T and m the running max (pass 2). m c is split into floats
  * hi + lo (exact), so t = fma(x, c, -hi) - lo is exactly 0 at the max
  * (its term exactly 1) and two operations replace the subtraction and the
- * scalings. W (entropy) is summed in base 2 and converted at the end.
+ * scalings. In a block that holds the running max, terms equal to 1 are
+ * counted apart from the rest (tl_rowstats), which costs a compare and two
+ * blends per vector in that block only. W (entropy) is summed in base 2
+ * and converted at the end.
  */
 static inline __attribute__((always_inline)) void
 body_stats(const void *x, int64_t v, float inv_t, const int want_w,
@@ -119,7 +178,9 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
     const VF vc = vf_set1(c);
     float m = -INFINITY, mc_hi = 0.0f, mc_lo = 0.0f;
     double off = -INFINITY;  /* m c, exactly */
-    double s = 0.0, w = 0.0; /* relative to off; w in base-2 units */
+    /* relative to off: the terms equal to 1, the rest, and W in base-2
+     * units */
+    double n1 = 0.0, s = 0.0, w = 0.0;
     float *e_out = sc ? sc->e : NULL;
     /* the block max, the pass that reads the block from memory, takes the
      * elements before the block's first 64-byte boundary as partial
@@ -154,11 +215,13 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             /* the product of two floats is exact in double */
             const double off_new = (double)bm * (double)c;
             if (m != -INFINITY) {
-                /* rescale what was summed relative to the old offset */
+                /* rescale what was summed relative to the old offset: the
+                 * old max's terms are no longer 1 */
                 const double delta = off - off_new;
-                const double f = exp2(delta);
-                w = f * (w + delta * s);
-                s *= f;
+                const double f = exp2(delta), tot = n1 + s;
+                w = f * (w + delta * tot);
+                s = f * tot;
+                n1 = 0.0;
             }
             m = bm;
             off = off_new;
@@ -184,6 +247,10 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             tl__pending_step(pend, B);
             continue;
         }
+        /* this block holds the running max: its terms equal to 1 are
+         * counted apart */
+        const int peak = bm == m;
+        VF ones = vf_set1(0.0f);
         /* pass 2: 2^(x c - m c) over the block, from L1 */
         const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
         VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
@@ -219,6 +286,12 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
                 vf_store(e_out, j + 2 * VW, e2, 0);
                 vf_store(e_out, j + 3 * VW, e3, 0);
             }
+            if (peak) {
+                e0 = vf_drop_ones(e0, &ones);
+                e1 = vf_drop_ones(e1, &ones);
+                e2 = vf_drop_ones(e2, &ones);
+                e3 = vf_drop_ones(e3, &ones);
+            }
             /* four terms per lane in float (error <= 2 ulp), then double */
             vd_acc(&s0, &s1, vf_add(vf_add(e0, e1), vf_add(e2, e3)));
             if (want_w) {
@@ -246,12 +319,20 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
                 else
                     vf_store_part(e_out, j, left, e0, 0);
             }
+            if (peak)
+                e0 = vf_drop_ones(e0, &ones);
             vd_acc(&s0, &s1, e0);
             if (want_w)
                 vd_acc(&w0, &w1,
                        vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
         }
         s += vd_hsum(s0, s1);
+        if (peak) {
+            /* at most 2,048 ones per lane: exact in float */
+            VD o0 = vd_zero(), o1 = vd_zero();
+            vd_acc(&o0, &o1, ones);
+            n1 += vd_hsum(o0, o1);
+        }
         if (want_w)
             w += vd_hsum(w0, w1);
         /* a chunk of the previous row's gradient: its stores overlap this
@@ -263,17 +344,19 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
         st->bad = 1;
         return;
     }
-    /* the last offset is the row max's: s and w are relative to it */
+    /* the last offset is the row max's: everything is relative to it */
     st->bad = 0;
     st->max = m;
-    st->sum = s;
+    st->ones = n1;
+    st->rest = s;
     st->wsum = w * TL_LN2;
 }
 
 /*
  * Elements [j0, j1) of a gradient row from the logits:
  * out_j = 2^t_j (k + kb' t_j) with t_j = x_j c - M c as in the statistics
- * pass (kb' = kb ln2 converts the entropy term's natural-log argument).
+ * pass (kb' = kb ln2 converts the entropy term's natural-log argument),
+ * and the row's tail below the flush where it has one (grad_tail).
  * The row was read by its statistics pass and is in cache; the gradient
  * is written with ordinary stores, whole aligned vectors from the first
  * aligned output address on. Non-temporal stores, which skip the read for
@@ -281,48 +364,42 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
  * write bandwidth per core was half that of ordinary stores. j0 is 0 or
  * aligned.
  */
+static inline VF grad_vec(VF xv, const tl_gradcoef *c, const int huge)
+{
+    const VF t = grad_arg(xv, c, huge);
+    const VF e = vexp2(t);
+    const VF tmin = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
+    VF g = c->entropy ? vf_mul(e, vf_fmadd(vf_set1(c->kb * (float)TL_LN2),
+                                           vf_max(tmin, t), vf_set1(c->k)))
+                      : vf_mul(e, vf_set1(c->k));
+    return c->tail ? grad_tail(t, g, c) : g;
+}
+
 static inline __attribute__((always_inline)) void
-body_grad(const void *x, int64_t v, const tl_gradcoef *c, void *out,
+body_grad(const void *x, int64_t v, const tl_gradcoef *cp, void *out,
           int64_t j0, int64_t j1, const int bf16_in, const int bf16_out)
 {
-    const VF vc = vf_set1(c->c), nhi = vf_set1(-c->off_hi);
-    const VF lo_ = vf_set1(c->off_lo), vM = vf_set1(c->max);
-    /* |M c| beyond float range: t = (x - M) c instead (as in the
-     * statistics pass) */
-    const int huge = !isfinite(c->off_hi) || !isfinite(c->off_lo);
-    const VF k = vf_set1(c->k), kb = vf_set1(c->kb * (float)TL_LN2);
-    const VF tmin = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
-    const int ent = c->entropy;
+    /* a local copy: the stores to out cannot alias it */
+    const tl_gradcoef cc = *cp, *c = &cc;
+    const int huge = grad_huge(c);
     int64_t j = j0;
     if (j0 == 0) {
         const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
-        if (head > 0) {
-            VF xh = vf_load_part(x, 0, head, bf16_in, -INFINITY);
-            VF t = huge ? vf_mul(vf_sub(xh, vM), vc)
-                        : vf_sub(vf_fmadd(xh, vc, nhi), lo_);
-            VF e = vexp2(t);
-            VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k))
-                       : vf_mul(e, k);
-            vf_store_part(out, 0, head, g, bf16_out);
-        }
+        if (head > 0)
+            vf_store_part(out, 0, head,
+                          grad_vec(vf_load_part(x, 0, head, bf16_in,
+                                                -INFINITY), c, huge),
+                          bf16_out);
         j = head;
     }
-    for (; j + VW <= j1; j += VW) {
-        VF xv = vf_load(x, j, bf16_in);
-        VF t = huge ? vf_mul(vf_sub(xv, vM), vc)
-                    : vf_sub(vf_fmadd(xv, vc, nhi), lo_);
-        VF e = vexp2(t);
-        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
-        vf_store_aligned(out, j, g, bf16_out);
-    }
-    if (j < j1) {
-        VF xt = vf_load_part(x, j, j1 - j, bf16_in, -INFINITY);
-        VF t = huge ? vf_mul(vf_sub(xt, vM), vc)
-                    : vf_sub(vf_fmadd(xt, vc, nhi), lo_);
-        VF e = vexp2(t);
-        VF g = ent ? vf_mul(e, vf_fmadd(kb, vf_max(tmin, t), k)) : vf_mul(e, k);
-        vf_store_part(out, j, j1 - j, g, bf16_out);
-    }
+    for (; j + VW <= j1; j += VW)
+        vf_store_aligned(out, j, grad_vec(vf_load(x, j, bf16_in), c, huge),
+                         bf16_out);
+    if (j < j1)
+        vf_store_part(out, j, j1 - j,
+                      grad_vec(vf_load_part(x, j, j1 - j, bf16_in, -INFINITY),
+                               c, huge),
+                      bf16_out);
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
@@ -345,14 +422,16 @@ static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
         body_stats(x, v, inv_t, 0, sc, pend, st, 1);
 }
 
-static void scale_f32(const float *e, int64_t v, const float *sb, void *out)
+static void scale_f32(const void *x, const float *e, int64_t v,
+                      const float *sb, const tl_gradcoef *c, void *out)
 {
-    body_scale(e, v, sb, out, 0);
+    body_scale(x, e, v, sb, c, out, 0);
 }
 
-static void scale_bf16(const float *e, int64_t v, const float *sb, void *out)
+static void scale_bf16(const void *x, const float *e, int64_t v,
+                       const float *sb, const tl_gradcoef *c, void *out)
 {
-    body_scale(e, v, sb, out, 1);
+    body_scale(x, e, v, sb, c, out, 1);
 }
 
 static void grad_f32_f32(const void *x, int64_t v, const tl_gradcoef *c,
@@ -376,6 +455,7 @@ static void grad_bf16_bf16(const void *x, int64_t v, const tl_gradcoef *c,
 const tl_kernels KERNEL_TABLE = {
     KERNEL_ISA,
     (int)(VW * sizeof(float)),
+    1,
     {stats_f32, stats_bf16},
     {{grad_f32_f32, NULL}, {grad_bf16_f32, grad_bf16_bf16}},
     {scale_f32, scale_bf16},
