@@ -15,6 +15,13 @@
  *    (TL_ERR_BAD_ROW) leave every per-row output (logprobs, lse, entropy)
  *    untouched; a gradient buffer then holds the gradients of the other
  *    rows, and the bad row's gradient row is filled with NaN.
+ *  - When several rows fail, every function reports the same one: that of
+ *    the earliest stage (the forward pass: TL_ERR_BAD_ROW; then the losses:
+ *    TL_ERR_VALUE for a loss or dL/dlogprob that overflows float32; then
+ *    the backward pass: TL_ERR_VALUE for a gradient that overflows), and
+ *    within a stage the lowest datum, then the lowest row, then the first
+ *    of its targets. Arguments are checked before any row, in argument
+ *    order and datum order.
  *  - The library never prints, exits or aborts.
  *  - Results are bitwise identical whatever the number of threads.
  */
@@ -52,7 +59,9 @@ typedef enum tl_status {
     TL_ERR_TOKEN = 3,       /* a token id is outside [0, vocab) */
     TL_ERR_VALUE = 4,       /* a scalar parameter is out of range */
     TL_ERR_BAD_ROW = 5,     /* a logits row has NaN/+inf, is all -inf, or
-                               its target logit is -inf */
+                               its target has probability 0 in float32
+                               (logit -inf, or a logprob below the
+                               float32 range) */
     TL_ERR_NOMEM = 6,       /* an internal allocation failed */
     TL_ERR_UNSUPPORTED = 7, /* not supported (e.g. ISA tier on this CPU) */
     TL_ERR_DTYPE = 8,       /* unsupported dtype or dtype combination */
@@ -147,7 +156,9 @@ TL_API tl_options tl_options_default(void);
  * rows == 0 is a valid no-op.
  * Errors: TL_ERR_NULL, TL_ERR_SIZE (vocab < 1, rows < 0, stride < vocab,
  * size overflow), TL_ERR_DTYPE, TL_ERR_TOKEN, TL_ERR_VALUE (temperature,
- * threads < 0), TL_ERR_BAD_ROW (index = lowest bad row), TL_ERR_NOMEM.
+ * threads < 0, an lse asked for beyond the float32 range), TL_ERR_BAD_ROW
+ * (index = lowest bad row; the message gives the reason and column or
+ * target), TL_ERR_NOMEM.
  */
 TL_API tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
                              const tl_options *opts, float *logprobs,
@@ -160,15 +171,24 @@ TL_API tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
  * For row i with p = softmax(z), z = logits[i, :] / T, t = targets[i]:
  *   grad[i, j] = ( g[i] * (1[j == t] - p_j)
  *                  - ge[i] * p_j * (log p_j + H_i) ) / T
- * The target element is computed as g * (1 - p_t) directly. Row statistics
- * are recomputed from the logits (each gradient row is written while its
- * logits row is still in cache), so no forward results are needed.
- * A bfloat16 gradient is computed in float32 and rounded to nearest-even
- * once. Non-finite g or ge are TL_ERR_VALUE.
+ * The target element is computed as g * (1 - p_t) directly, 1 - p_t from
+ * the sum of the other terms when t is the row max, so that it keeps its
+ * precision when p_t is within 1e-7 (or 1e-40) of 1. Without an entropy
+ * term, every float32 gradient element whose exact value is at least
+ * FLT_MIN in magnitude is within 2e-5 of it, relative, and every smaller
+ * one within FLT_MIN (terms far below the row max are not flushed when
+ * g / T makes their element a normal float). With an entropy term the
+ * factor g + ge (log p_j + H) may cancel: elements are then within 2e-5
+ * of the row's largest. Row statistics are recomputed from the logits
+ * (each gradient row is written while its logits row is still in cache),
+ * so no forward results are needed. A bfloat16 gradient is computed in
+ * float32 and rounded to nearest-even once. Non-finite g or ge are
+ * TL_ERR_VALUE.
  *
  * Errors: as tl_logprobs, plus TL_ERR_DTYPE for a float32-logits/bfloat16-
  * gradient request, TL_ERR_NULL for grad->data, TL_ERR_SIZE for
- * grad->stride < vocab.
+ * grad->stride < vocab, TL_ERR_VALUE (arg "logits", index = row) for a
+ * gradient that overflows float32.
  */
 TL_API tl_status tl_logprobs_backward(const tl_logits *logits,
                                       const int64_t *targets, const float *g,
@@ -417,11 +437,13 @@ TL_API const double *tl_metrics_get(const tl_metrics *m, const char *name);
  * Results do not depend on the thread count.
  * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,
  * TL_ERR_CONFIG (stray input), TL_ERR_MISSING (missing input, NaN sampler
- * logprob), TL_ERR_VALUE when a token's loss or gradient overflows float32
+ * logprob), TL_ERR_SIZE (a datum's or the batch's token count overflows),
+ * TL_ERR_VALUE when a token's loss or gradient overflows float32
  * (e.g. the ratio exp(lp - q) of a sampler logprob far below the trainer's;
  * the message names datum and token; never a silent inf); err->arg names
- * the input as "data[i].loss_fn_inputs.KEY" or "data[i].logits". A bad
- * row's gradient row is filled with NaN.
+ * the input as "data[i].loss_fn_inputs.KEY" or "data[i].logits". With
+ * several failures, the precedence at the top of this header decides. A
+ * failed row's gradient row is filled with NaN.
  */
 TL_API tl_status tl_forward_backward(const tl_loss_config *cfg,
                                      const tl_datum *data, int64_t ndata,

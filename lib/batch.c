@@ -172,7 +172,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
     int64_t vsc = 0;
     for (int64_t i = 0; grads && i < ndata; i++)
         if (b.shape[i].n > 0 && data[i].logits.vocab > vsc &&
-            tl__grad_uses_scratch(kern, grads[i].dtype, o.entropy))
+            tl__grad_uses_scratch(kern, grads[i].dtype, 0))
             vsc = data[i].logits.vocab;
     /* per token: logprob and loss; per row: entropy and a status */
     double *lp = malloc((size_t)(toks + 1) * sizeof *lp);
@@ -188,7 +188,7 @@ tl_status tl_forward_backward(const tl_loss_config *cfg, const tl_datum *data,
 #pragma omp parallel num_threads(threads)
     {
     tl_pipe pp;
-    tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL);
+    tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL, 0);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = b.row_datum[r], row = r - b.row_off[i];

@@ -161,6 +161,7 @@ float tl__load(const tl_logits *lg, int64_t row, int64_t col);
  * pass left in the scratch row. */
 typedef struct tl_pipe {
     tl_rowscratch *sc; /* the thread's scratch row (the caller's), or NULL */
+    int entropy_grad;  /* the gradients have an entropy term */
     int has;           /* a row is pending */
     tl_pending pend;
     int bf16_out;
@@ -175,8 +176,9 @@ tl_rowscratch *tl__scratch_new(int n, int64_t vmax);
 void tl__scratch_free(tl_rowscratch *sc, int n);
 
 /* Start a pass with the thread's scratch row sc (may be NULL when no row
- * of the call uses one). */
-void tl__pipe_init(tl_pipe *pp, tl_rowscratch *sc);
+ * of the call uses one); entropy_grad: the gradients of the pass have an
+ * entropy term. */
+void tl__pipe_init(tl_pipe *pp, tl_rowscratch *sc, int entropy_grad);
 /* Write what is pending. */
 void tl__pipe_finish(tl_pipe *pp);
 

@@ -148,15 +148,15 @@ typedef struct tl_kernels {
 } tl_kernels;
 
 /* How a row's gradient is written, decided from that row alone (its
- * gradient dtype and whether its statistics include the entropy) and the
- * tier: from the exponentials its statistics pass keeps in a scratch row
+ * gradient dtype, and whether the gradient has an entropy term, which
+ * needs the logits again) and the tier: from the exponentials its statistics pass keeps in a scratch row
  * (a bfloat16 gradient, which needs bfloat16 logits, on a vector tier:
  * there the arithmetic, not memory, is the bound), or computed again from
  * the logits while they are in cache. */
 static inline int tl__grad_uses_scratch(const tl_kernels *kern,
-                                        tl_dtype grad, int want_entropy)
+                                        tl_dtype grad, int entropy_grad)
 {
-    return kern->scratch && grad == TL_BF16 && !want_entropy;
+    return kern->scratch && grad == TL_BF16 && !entropy_grad;
 }
 
 /* Elements before the first output address aligned for a vector of vw

@@ -52,10 +52,11 @@ void tl__scratch_free(tl_rowscratch *sc, int n)
     free(sc);
 }
 
-void tl__pipe_init(tl_pipe *pp, tl_rowscratch *sc)
+void tl__pipe_init(tl_pipe *pp, tl_rowscratch *sc, int entropy_grad)
 {
     memset(pp, 0, sizeof *pp);
     pp->sc = sc;
+    pp->entropy_grad = entropy_grad;
 }
 
 /* Finish the pending row: the rest of it, then its target elements. */
@@ -215,7 +216,8 @@ int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
     const float inv_t = (float)(1.0 / temperature);
     /* the method of this row's gradient, from its own dtypes */
     tl_rowscratch *sc =
-        pp && grad && tl__grad_uses_scratch(kern, grad->dtype, want_entropy)
+        pp && grad &&
+                tl__grad_uses_scratch(kern, grad->dtype, pp->entropy_grad)
             ? pp->sc
             : NULL;
     tl_rowstats st;
@@ -536,7 +538,7 @@ tl_status tl__backward_named(const tl_logits *logits, const int64_t *targets,
 #pragma omp parallel num_threads(threads)
     {
         tl_pipe pp;
-        tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL);
+        tl__pipe_init(&pp, pool ? &pool[tl__thread_num()] : NULL, have_ge);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             tl_rowresult r;

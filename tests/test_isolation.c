@@ -127,7 +127,9 @@ static tl_status run(int path, const tl_loss_config *cfg, tdat *ds, int nd,
 }
 
 /* Every ordered pair of pairings, each vocabulary combination that crosses
- * block boundaries: datum 0 and datum 1 in a batch against each alone. */
+ * block boundaries: datum 0 and datum 1 in a batch against each alone, on
+ * both paths, and the reference path against the fused one, bit for
+ * bit. */
 START_TEST(test_mixed_pairs_bitwise)
 {
     const int p0 = _i / 3, p1 = _i % 3;
@@ -147,6 +149,10 @@ START_TEST(test_mixed_pairs_bitwise)
         unsigned char *alone_g[2] = {malloc(gb[0]), malloc(gb[1])};
         float *alone_lp[2] = {malloc(4 * sizeof(float)),
                               malloc(4 * sizeof(float))};
+        /* the fused path's batch results, which the reference path must
+         * match bit for bit */
+        unsigned char *fused_g[2] = {malloc(gb[0]), malloc(gb[1])};
+        tl_metrics fused_m;
         for (int ti = 0; ti < ntiers; ti++) {
             ck_assert_int_eq(tl_isa_set(tiers[ti]), TL_OK);
             for (int ent = 0; ent < 2; ent++)
@@ -182,10 +188,42 @@ START_TEST(test_mixed_pairs_bitwise)
                             ck_assert(memcmp(alone_lp[i], ds[i].lp,
                                              (size_t)ds[i].n *
                                                  sizeof(float)) == 0);
+                            if (path == 0) {
+                                memcpy(fused_g[i], ds[i].gbuf + GUARD, gb[i]);
+                                continue;
+                            }
+                            ck_assert_msg(memcmp(fused_g[i],
+                                                 ds[i].gbuf + GUARD,
+                                                 gb[i]) == 0,
+                                          "%s datum %d: the reference "
+                                          "path's gradient differs from "
+                                          "the fused path's",
+                                          tl_isa_name(tiers[ti]), i);
+                        }
+                        if (path == 0) {
+                            fused_m = m;
+                            continue;
+                        }
+                        /* every metric the same, but the entropy mean,
+                         * which the reference takes over float32
+                         * entropies */
+                        ck_assert_int_eq(m.count, fused_m.count);
+                        for (int q = 0; q < m.count; q++) {
+                            const double a = fused_m.items[q].value,
+                                         b = m.items[q].value;
+                            ck_assert_str_eq(m.items[q].name,
+                                             fused_m.items[q].name);
+                            if (strcmp(m.items[q].name, "entropy:mean"))
+                                ck_assert_msg(a == b, "%s: %.17g vs %.17g",
+                                              m.items[q].name, a, b);
+                            else
+                                ck_assert(fabs(a - b) <= 1e-6 * fabs(a));
                         }
                     }
                 }
         }
+        free(fused_g[0]);
+        free(fused_g[1]);
         for (int i = 0; i < 2; i++) {
             free(alone_g[i]);
             free(alone_lp[i]);
