@@ -134,7 +134,8 @@ static int64_t n_pieces(int64_t bv)
 
 /* Workspace of one call, as segments of one allocation. */
 typedef struct head_ws {
-    size_t logits, hid, part, gh, max, ones, rest, wsum, xt, coef, fix, total;
+    size_t logits, hid, part, gh, max, min, ones, rest, wsum, xt, coef, fix,
+        total;
 } head_ws;
 
 static size_t seg(size_t *at, size_t bytes)
@@ -162,6 +163,7 @@ static int ws_layout(int64_t nb, int64_t bv, int64_t d, int64_t k,
     w->part = seg(&at, (size_t)pieces * n * (size_t)d * sizeof(float));
     w->gh = seg(&at, with_gh ? n * (size_t)d * sizeof(float) : 0);
     w->max = seg(&at, n * sizeof(float));
+    w->min = seg(&at, n * sizeof(float));
     w->ones = seg(&at, n * sizeof(double));
     w->rest = seg(&at, n * sizeof(double));
     w->wsum = seg(&at, n * sizeof(double));
@@ -414,7 +416,7 @@ static void logits_block(const head_job *job, const float *hb, int64_t nb,
 
 /* Per-row state of a token block, in the workspace. */
 typedef struct rowstate {
-    float *max;
+    float *max, *min;
     double *ones, *rest, *wsum; /* tl_rowstats, merged over the blocks */
     float *xt;          /* [nb, kmax] target logits */
     tl_gradcoef *coef;
@@ -435,6 +437,7 @@ static void row_stats(const head_job *job, const tl_kernels *kern,
             st->xt[i * job->kmax + q] = x[hr->tok[q] - v0];
     if (v0 == 0) {
         st->max[i] = -INFINITY;
+        st->min[i] = INFINITY;
         st->ones[i] = st->rest[i] = st->wsum[i] = 0.0;
     }
     if (s.bad) {
@@ -447,6 +450,8 @@ static void row_stats(const head_job *job, const tl_kernels *kern,
         return;
     }
     const float m0 = st->max[i];
+    if (s.min < st->min[i])
+        st->min[i] = s.min;
     if (s.max == -INFINITY || isnan(m0))
         return;
     if (m0 == -INFINITY) {
@@ -492,8 +497,8 @@ static void row_finish(const head_job *job, const rowstate *st, int64_t i,
         *status = (tl_rowstatus){TL_ROW_ALL_NEG_INF, -1, 0.0};
         return;
     }
-    const tl_rowstats rs = {st->max[i], 0, st->ones[i], st->rest[i],
-                            st->wsum[i]};
+    const tl_rowstats rs = {st->max[i], st->min[i], 0, st->ones[i],
+                            st->rest[i], st->wsum[i]};
     tl_rowresult rr;
     double *lp = job->lp + hr->t0;
     if (tl__row_finish(&rs, st->xt + i * job->kmax, hr->tok, hr->k,
@@ -637,7 +642,8 @@ static tl_status head_run(head_job *job, int threads, tl_error *err)
     char *base = mem;
     float *L = (float *)(base + w.logits), *hb = (float *)(base + w.hid);
     float *part = (float *)(base + w.part), *ghb = (float *)(base + w.gh);
-    const rowstate st = {(float *)(base + w.max), (double *)(base + w.ones),
+    const rowstate st = {(float *)(base + w.max), (float *)(base + w.min),
+                         (double *)(base + w.ones),
                          (double *)(base + w.rest), (double *)(base + w.wsum),
                          (float *)(base + w.xt),
                          (tl_gradcoef *)(base + w.coef),

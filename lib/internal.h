@@ -133,6 +133,7 @@ void tl__scan_bad_row(const tl_logits *lg, int64_t row, tl_rowstatus *st);
 /* Results of one row's forward pass. */
 typedef struct tl_rowresult {
     float max;      /* row max of the raw logits */
+    float min;      /* row min (tl_rowstats) */
     float inv_t;    /* float32 1/T used by the kernels */
     double ones;    /* the terms of S equal to 1 (tl_rowstats) */
     double rest;    /* the other terms */

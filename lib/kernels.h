@@ -51,6 +51,8 @@ static inline int64_t tl__nblocks(int64_t v)
 
 typedef struct tl_rowstats {
     float max;   /* max of the raw logits (-inf if all are -inf) */
+    float min;   /* min of the raw logits (tells whether a gradient row
+                    has a tail below the exponential's flush) */
     int bad;     /* 1 if a NaN or +inf was seen (other fields undefined) */
     /* S = sum_j exp(d_j) = ones + rest: the terms that are exactly 1 (the
      * row max, and ties with it) are counted apart from the others, so

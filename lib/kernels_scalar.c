@@ -25,7 +25,7 @@ static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
     /* the reference tier does not interleave: the pending row first */
     if (pend)
         tl__pending_finish(pend);
-    float m = -INFINITY;
+    float m = -INFINITY, mn = INFINITY;
     for (int64_t j = 0; j < v; j++) {
         float xj = load(x, j, bf16);
         if (isnan(xj) || xj == INFINITY) {
@@ -34,6 +34,8 @@ static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
         }
         if (xj > m)
             m = xj;
+        if (xj < mn)
+            mn = xj;
     }
     /* terms equal to 1 (the max and its ties) counted apart from the
      * rest, as tl_rowstats asks */
@@ -50,6 +52,7 @@ static inline void stats(const void *x, int64_t v, float inv_t, int want_w,
     }
     st->bad = 0;
     st->max = m;
+    st->min = mn;
     st->ones = n1;
     st->rest = s;
     st->wsum = w;

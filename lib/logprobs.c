@@ -181,6 +181,7 @@ int tl__row_finish(const tl_rowstats *st, const float *xt,
                    tl_rowstatus *status)
 {
     r->max = st->max;
+    r->min = st->min;
     r->inv_t = inv_t;
     r->ones = st->ones;
     r->rest = st->rest;
@@ -242,12 +243,15 @@ int tl__row_forward(const tl_kernels *kern, const tl_logits *lg, int64_t row,
 
 /* The tail of a gradient row below the flush (tl_gradcoef): needed when a
  * term flushed to zero can belong to an element of magnitude >= FLT_MIN,
- * i.e. when the factor of the terms can reach 2^(-126 - TL_EXP2_FLUSH). */
-static void plan_tail(double k, double kb, tl_gradcoef *c)
+ * i.e. when the row reaches below the flush (t_min, the base-2 argument
+ * of its smallest logit) and the factor of the terms can reach
+ * 2^(-126 - TL_EXP2_FLUSH). */
+static void plan_tail(double k, double kb, double t_min, tl_gradcoef *c)
 {
     /* |k + kb d| over the window, where |d| <= 257 ln 2 */
     const double bound = fabs(k) + fabs(kb) * 257.0 * 0.6931471805599453;
-    c->tail = bound * exp2((double)TL_EXP2_FLUSH) >= (double)FLT_MIN;
+    c->tail = t_min < (double)TL_EXP2_FLUSH &&
+              bound * exp2((double)TL_EXP2_FLUSH) >= (double)FLT_MIN;
     if (!c->tail)
         return;
     /* below tail_lo = FLUSH - sh, 2^t * bound < FLT_MIN; sh at most 132,
@@ -282,7 +286,7 @@ static double precise_rest(const tl_kernels *kern, const tl_logits *lg,
     c.k = 0x1p127f;
     c.kb = 0.0f;
     c.entropy = 0;
-    plan_tail(0x1p127, 0.0, &c);
+    plan_tail(0x1p127, 0.0, -INFINITY, &c);
     _Alignas(64) float buf[CHUNK];
     const char *x = tl__row_ptr(lg, row);
     const size_t es = elem_size(lg->dtype);
@@ -326,7 +330,9 @@ int tl__row_grad_plan(const tl_kernels *kern, const tl_logits *lg,
     if (!isfinite(c->k) || !isfinite(c->kb) ||
         !isfinite((float)(fabs(kd) + fabs(kbd) * 257.0)))
         return 1;
-    plan_tail(kd, c->entropy ? kbd : 0.0, c);
+    /* the row min's base-2 argument (-inf for masked entries) */
+    const double t_min = ((double)r->min - (double)r->max) * (double)c->c;
+    plan_tail(kd, c->entropy ? kbd : 0.0, t_min, c);
     /* target elements, computed directly in double:
      *   (G_j - G p_j - ge p_j (log p_j + H)) / T
      * with G_j the upstream gradient of every target equal to j:

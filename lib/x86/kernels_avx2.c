@@ -15,6 +15,7 @@ static inline VF vf_add(VF a, VF b) { return _mm256_add_ps(a, b); }
 static inline VF vf_sub(VF a, VF b) { return _mm256_sub_ps(a, b); }
 static inline VF vf_mul(VF a, VF b) { return _mm256_mul_ps(a, b); }
 static inline VF vf_max(VF a, VF b) { return _mm256_max_ps(a, b); }
+static inline VF vf_min(VF a, VF b) { return _mm256_min_ps(a, b); }
 static inline VF vf_fmadd(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 
 static inline VF bf16_widen(__m128i h)
@@ -102,6 +103,14 @@ static inline float vf_hmax(VF v)
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline float vf_hmin(VF v)
+{
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
 

@@ -14,6 +14,7 @@ static inline VF vf_add(VF a, VF b) { return _mm512_add_ps(a, b); }
 static inline VF vf_sub(VF a, VF b) { return _mm512_sub_ps(a, b); }
 static inline VF vf_mul(VF a, VF b) { return _mm512_mul_ps(a, b); }
 static inline VF vf_max(VF a, VF b) { return _mm512_max_ps(a, b); }
+static inline VF vf_min(VF a, VF b) { return _mm512_min_ps(a, b); }
 static inline VF vf_fmadd(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 
 static inline VF bf16_widen(__m256i h)
@@ -88,6 +89,7 @@ static inline void vf_store_part(void *out, int64_t j, int64_t n, VF v, int bf16
 }
 
 static inline float vf_hmax(VF v) { return _mm512_reduce_max_ps(v); }
+static inline float vf_hmin(VF v) { return _mm512_reduce_min_ps(v); }
 
 static inline VM vm_none(void) { return 0; }
 static inline VM vm_unord(VM m, VF v) { return m | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }

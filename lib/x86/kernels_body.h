@@ -3,7 +3,7 @@
  * x86 tier after it defines:
  *   VF, VD, VM          float vector, double accumulator, lane mask
  *   VW                  lanes per VF
- *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_max
+ *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_max vf_min
  *   vf_load(p, j, bf16)                 full vector at element j
  *   vf_load_part(p, j, n, bf16, fill)   n < VW elements, rest = fill
  *   vf_load2_unordered(p, j, bf16, a, b)  2 VW elements in any order
@@ -19,7 +19,7 @@
  *   vm_in_range(t, lo, hi)              lanes with lo <= t < hi
  *   vm_zero(v)                          lanes equal to 0
  *   vf_select(mask, a, b)               a where mask, else b
- *   vf_hmax(v)                          horizontal max
+ *   vf_hmax(v) vf_hmin(v)               horizontal max, min
  *   vm_none() vm_unord(mask, v) vm_any(mask)
  *   vd_zero() vd_acc(acc_lo, acc_hi, v) vd_hsum(a, b)
  *   KERNEL_TABLE                        name of the tl_kernels to define
@@ -111,17 +111,13 @@ static inline VF scale_tail(const void *x, int64_t j, int64_t n, VF e, VF g,
     return grad_tail(grad_arg(xv, c, huge), g, c);
 }
 
-/* out_j = e_j * scale[b]: the gradient row from the exponentials the
- * statistics pass left in the scratch row (of the bfloat16 logits x),
- * and the row's tail, where it has one, from x. */
 static inline __attribute__((always_inline)) void
-body_scale(const void *x, const float *e, int64_t v, const float *sb,
-           const tl_gradcoef *cp, void *out, const int bf16_out)
+scale_loop(const void *x, const float *e, int64_t v, const float *sb,
+           const tl_gradcoef *c, void *out, const int bf16_out,
+           const int tail)
 {
-    /* a local copy: the stores to out cannot alias it */
-    const tl_gradcoef cc = *cp, *c = &cc;
     const int64_t head = aligned_head(out, v, bf16_out ? 2 : 4);
-    const int tail = c->tail, huge = grad_huge(c);
+    const int huge = grad_huge(c);
     if (head > 0) {
         const VF ev = vf_load_part(e, 0, head, 0, 0.0f);
         VF g = vf_mul(ev, block_scales(sb, 0, head));
@@ -146,16 +142,123 @@ body_scale(const void *x, const float *e, int64_t v, const float *sb,
     }
 }
 
-/* max(mx, x_j) over j in [j0, j1), one vector at a time, the last one
- * partial (filled with -inf) */
-static inline VF max_range(const void *x, int64_t j0, int64_t j1, VF mx,
-                           const int bf16)
+/* out_j = e_j * scale[b]: the gradient row from the exponentials the
+ * statistics pass left in the scratch row (of the bfloat16 logits x),
+ * and the row's tail, where it has one, from x. */
+static inline __attribute__((always_inline)) void
+body_scale(const void *x, const float *e, int64_t v, const float *sb,
+           const tl_gradcoef *cp, void *out, const int bf16_out)
 {
-    for (int64_t j = j0; j < j1; j += VW)
-        mx = vf_max(j1 - j >= VW ? vf_load(x, j, bf16)
-                                 : vf_load_part(x, j, j1 - j, bf16, -INFINITY),
-                    mx);
-    return mx;
+    /* a local copy: the stores to out cannot alias it */
+    const tl_gradcoef cc = *cp;
+    if (cc.tail)
+        scale_loop(x, e, v, sb, &cc, out, bf16_out, 1);
+    else
+        scale_loop(x, e, v, sb, &cc, out, bf16_out, 0);
+}
+
+/* max and min of mx, mn and x_j over j in [j0, j1), one vector at a time,
+ * the last one partial (filled with NaN, which both skip: x is their
+ * first operand) */
+static inline void minmax_range(const void *x, int64_t j0, int64_t j1,
+                                VF *mx, VF *mn, const int bf16)
+{
+    for (int64_t j = j0; j < j1; j += VW) {
+        const VF xv = j1 - j >= VW ? vf_load(x, j, bf16)
+                                   : vf_load_part(x, j, j1 - j, bf16, NAN);
+        *mx = vf_max(xv, *mx);
+        *mn = vf_min(xv, *mn);
+    }
+}
+
+/* Pass 2 of a block [b0, b1): the terms 2^t, t = x c - m c (hi + lo),
+ * added to *s (four per lane in float, then double), to *w (t 2^t, when
+ * want_w), written to e_out (the scratch row, when not NULL); with peak
+ * (the block holds the running max) the terms equal to 1 go to *n1
+ * instead of *s. pf: how far ahead to prefetch, or 0. */
+static inline __attribute__((always_inline)) void
+sum_block(const void *x, int64_t b0, int64_t b1, int64_t pf, float c, float m,
+          float mc_hi, float mc_lo, float *e_out, double *s, double *w,
+          double *n1, const int want_w, const int peak, const int bf16)
+{
+    const VF vc = vf_set1(c), nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
+    VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
+    VF ones = vf_set1(0.0f);
+    int64_t j = b0;
+    /* |m c| beyond the float range (logits near FLT_MAX, or a tiny
+     * temperature): t = (x - m) c instead, one vector at a time */
+    const int huge = !isfinite(mc_hi) || !isfinite(mc_lo);
+    const VF vm = vf_set1(m);
+    for (; !huge && j + 4 * VW <= b1; j += 4 * VW) {
+        if (pf) {
+            const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
+            _mm_prefetch(nx, _MM_HINT_T0);
+            _mm_prefetch(nx + 64, _MM_HINT_T0);
+            if (!bf16) {
+                _mm_prefetch(nx + 128, _MM_HINT_T0);
+                _mm_prefetch(nx + 192, _MM_HINT_T0);
+            }
+        }
+        VF t0 = vf_sub(vf_fmadd(vf_load(x, j, bf16), vc, nhi), lo_);
+        VF t1 = vf_sub(vf_fmadd(vf_load(x, j + VW, bf16), vc, nhi), lo_);
+        VF t2 = vf_sub(vf_fmadd(vf_load(x, j + 2 * VW, bf16), vc, nhi), lo_);
+        VF t3 = vf_sub(vf_fmadd(vf_load(x, j + 3 * VW, bf16), vc, nhi), lo_);
+        VF e0 = vexp2(t0), e1 = vexp2(t1), e2 = vexp2(t2), e3 = vexp2(t3);
+        if (e_out) {
+            vf_store(e_out, j, e0, 0);
+            vf_store(e_out, j + VW, e1, 0);
+            vf_store(e_out, j + 2 * VW, e2, 0);
+            vf_store(e_out, j + 3 * VW, e3, 0);
+        }
+        if (peak) {
+            e0 = vf_drop_ones(e0, &ones);
+            e1 = vf_drop_ones(e1, &ones);
+            e2 = vf_drop_ones(e2, &ones);
+            e3 = vf_drop_ones(e3, &ones);
+        }
+        /* four terms per lane in float (error <= 2 ulp), then double */
+        vd_acc(&s0, &s1, vf_add(vf_add(e0, e1), vf_add(e2, e3)));
+        if (want_w) {
+            /* clamp t so that -inf never meets a zero term */
+            const VF lo = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
+            t0 = vf_max(lo, t0);
+            t1 = vf_max(lo, t1);
+            t2 = vf_max(lo, t2);
+            t3 = vf_max(lo, t3);
+            vd_acc(&w0, &w1,
+                   vf_add(vf_fmadd(e0, t0, vf_mul(e1, t1)),
+                          vf_fmadd(e2, t2, vf_mul(e3, t3))));
+        }
+    }
+    for (; j < b1; j += VW) {
+        const int64_t left = b1 - j;
+        VF xa = left >= VW ? vf_load(x, j, bf16)
+                           : vf_load_part(x, j, left, bf16, -INFINITY);
+        VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
+                     : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
+        VF e0 = vexp2(t0);
+        if (e_out) {
+            if (left >= VW)
+                vf_store(e_out, j, e0, 0);
+            else
+                vf_store_part(e_out, j, left, e0, 0);
+        }
+        if (peak)
+            e0 = vf_drop_ones(e0, &ones);
+        vd_acc(&s0, &s1, e0);
+        if (want_w)
+            vd_acc(&w0, &w1,
+                   vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
+    }
+    *s += vd_hsum(s0, s1);
+    if (peak) {
+        /* at most 2,048 ones per lane: exact in float */
+        VD o0 = vd_zero(), o1 = vd_zero();
+        vd_acc(&o0, &o1, ones);
+        *n1 += vd_hsum(o0, o1);
+    }
+    if (want_w)
+        *w += vd_hsum(w0, w1);
 }
 
 /*
@@ -175,7 +278,6 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
            const int bf16)
 {
     const float c = tl__log2e_scale(inv_t);
-    const VF vc = vf_set1(c);
     float m = -INFINITY, mc_hi = 0.0f, mc_lo = 0.0f;
     double off = -INFINITY;  /* m c, exactly */
     /* relative to off: the terms equal to 1, the rest, and W in base-2
@@ -192,21 +294,29 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
     const size_t es = bf16 ? 2 : 4;
     const int64_t xh = tl__aligned_head(x, v, es, (int64_t)(64 / es));
     const int64_t B = tl__block(bf16);
+    float rmin = INFINITY; /* the row min, for the gradient's tail */
     for (int64_t b0 = 0, blk = 0; b0 < v; b0 += B, blk++) {
         const int64_t b1 = v - b0 < B ? v : b0 + B;
         const int64_t ba = b1 - b0 < xh ? b1 : b0 + xh;
-        /* pass 1: block max (a NaN is skipped here: x is the first
+        /* pass 1: block max and min (a NaN is skipped here: x is the first
          * operand; it shows up in the sum) */
-        VF mx0 = max_range(x, b0, ba, vf_set1(-INFINITY), bf16), mx1 = mx0;
+        VF mx0 = vf_set1(-INFINITY), mn0 = vf_set1(INFINITY);
+        minmax_range(x, b0, ba, &mx0, &mn0, bf16);
+        VF mx1 = mx0, mn1 = mn0;
         int64_t j = ba;
         for (; j + 2 * VW <= b1; j += 2 * VW) {
             VF xa, xb;
             vf_load2_unordered(x, j, bf16, &xa, &xb);
             mx0 = vf_max(xa, mx0);
             mx1 = vf_max(xb, mx1);
+            mn0 = vf_min(xa, mn0);
+            mn1 = vf_min(xb, mn1);
         }
-        mx0 = max_range(x, j, b1, mx0, bf16);
+        minmax_range(x, j, b1, &mx0, &mn0, bf16);
         const float bm = vf_hmax(vf_max(mx0, mx1));
+        const float bmin = vf_hmin(vf_min(mn0, mn1));
+        if (bmin < rmin)
+            rmin = bmin;
         if (bm == INFINITY) {
             st->bad = 1;
             return;
@@ -247,94 +357,19 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
             tl__pending_step(pend, B);
             continue;
         }
-        /* this block holds the running max: its terms equal to 1 are
+        /* pass 2 from L1, while a later block is fetched from memory (the
+         * reads overlap the arithmetic instead of alternating with it); in
+         * a block that holds the running max, the terms equal to 1 are
          * counted apart */
-        const int peak = bm == m;
-        VF ones = vf_set1(0.0f);
-        /* pass 2: 2^(x c - m c) over the block, from L1 */
-        const VF nhi = vf_set1(-mc_hi), lo_ = vf_set1(mc_lo);
-        VD s0 = vd_zero(), s1 = vd_zero(), w0 = vd_zero(), w1 = vd_zero();
-        j = b0;
-        /* |m c| beyond the float range (logits near FLT_MAX, or a tiny
-         * temperature): t = (x - m) c instead, one vector at a time */
-        const int huge = !isfinite(mc_hi) || !isfinite(mc_lo);
-        const VF vm = vf_set1(m);
-        /* while this block is computed from L1, fetch a later one from
-         * memory: the reads overlap the arithmetic instead of alternating
-         * with it */
         const int64_t pf = b0 + (TL_PREFETCH_BLOCKS + 1) * B <= v
                                ? TL_PREFETCH_BLOCKS * B
                                : 0;
-        for (; !huge && j + 4 * VW <= b1; j += 4 * VW) {
-            if (pf) {
-                const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
-                _mm_prefetch(nx, _MM_HINT_T0);
-                _mm_prefetch(nx + 64, _MM_HINT_T0);
-                if (!bf16) {
-                    _mm_prefetch(nx + 128, _MM_HINT_T0);
-                    _mm_prefetch(nx + 192, _MM_HINT_T0);
-                }
-            }
-            VF t0 = vf_sub(vf_fmadd(vf_load(x, j, bf16), vc, nhi), lo_);
-            VF t1 = vf_sub(vf_fmadd(vf_load(x, j + VW, bf16), vc, nhi), lo_);
-            VF t2 = vf_sub(vf_fmadd(vf_load(x, j + 2 * VW, bf16), vc, nhi), lo_);
-            VF t3 = vf_sub(vf_fmadd(vf_load(x, j + 3 * VW, bf16), vc, nhi), lo_);
-            VF e0 = vexp2(t0), e1 = vexp2(t1), e2 = vexp2(t2), e3 = vexp2(t3);
-            if (e_out) {
-                vf_store(e_out, j, e0, 0);
-                vf_store(e_out, j + VW, e1, 0);
-                vf_store(e_out, j + 2 * VW, e2, 0);
-                vf_store(e_out, j + 3 * VW, e3, 0);
-            }
-            if (peak) {
-                e0 = vf_drop_ones(e0, &ones);
-                e1 = vf_drop_ones(e1, &ones);
-                e2 = vf_drop_ones(e2, &ones);
-                e3 = vf_drop_ones(e3, &ones);
-            }
-            /* four terms per lane in float (error <= 2 ulp), then double */
-            vd_acc(&s0, &s1, vf_add(vf_add(e0, e1), vf_add(e2, e3)));
-            if (want_w) {
-                /* clamp t so that -inf never meets a zero term */
-                const VF lo = vf_set1(TL_ARG_CLAMP * TL_LOG2E);
-                t0 = vf_max(lo, t0);
-                t1 = vf_max(lo, t1);
-                t2 = vf_max(lo, t2);
-                t3 = vf_max(lo, t3);
-                vd_acc(&w0, &w1,
-                       vf_add(vf_fmadd(e0, t0, vf_mul(e1, t1)),
-                              vf_fmadd(e2, t2, vf_mul(e3, t3))));
-            }
-        }
-        for (; j < b1; j += VW) {
-            const int64_t left = b1 - j;
-            VF xa = left >= VW ? vf_load(x, j, bf16)
-                               : vf_load_part(x, j, left, bf16, -INFINITY);
-            VF t0 = huge ? vf_mul(vf_sub(xa, vm), vc)
-                         : vf_sub(vf_fmadd(xa, vc, nhi), lo_);
-            VF e0 = vexp2(t0);
-            if (e_out) {
-                if (left >= VW)
-                    vf_store(e_out, j, e0, 0);
-                else
-                    vf_store_part(e_out, j, left, e0, 0);
-            }
-            if (peak)
-                e0 = vf_drop_ones(e0, &ones);
-            vd_acc(&s0, &s1, e0);
-            if (want_w)
-                vd_acc(&w0, &w1,
-                       vf_mul(e0, vf_max(vf_set1(TL_ARG_CLAMP * TL_LOG2E), t0)));
-        }
-        s += vd_hsum(s0, s1);
-        if (peak) {
-            /* at most 2,048 ones per lane: exact in float */
-            VD o0 = vd_zero(), o1 = vd_zero();
-            vd_acc(&o0, &o1, ones);
-            n1 += vd_hsum(o0, o1);
-        }
-        if (want_w)
-            w += vd_hsum(w0, w1);
+        if (bm == m)
+            sum_block(x, b0, b1, pf, c, m, mc_hi, mc_lo, e_out, &s, &w, &n1,
+                      want_w, 1, bf16);
+        else
+            sum_block(x, b0, b1, pf, c, m, mc_hi, mc_lo, e_out, &s, &w, &n1,
+                      want_w, 0, bf16);
         /* a chunk of the previous row's gradient: its stores overlap this
          * row's loads and arithmetic */
         tl__pending_step(pend, B);
@@ -347,6 +382,7 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
     /* the last offset is the row max's: everything is relative to it */
     st->bad = 0;
     st->max = m;
+    st->min = rmin;
     st->ones = n1;
     st->rest = s;
     st->wsum = w * TL_LN2;
@@ -364,7 +400,8 @@ body_stats(const void *x, int64_t v, float inv_t, const int want_w,
  * write bandwidth per core was half that of ordinary stores. j0 is 0 or
  * aligned.
  */
-static inline VF grad_vec(VF xv, const tl_gradcoef *c, const int huge)
+static inline VF grad_vec(VF xv, const tl_gradcoef *c, const int huge,
+                          const int tail)
 {
     const VF t = grad_arg(xv, c, huge);
     const VF e = vexp2(t);
@@ -372,15 +409,14 @@ static inline VF grad_vec(VF xv, const tl_gradcoef *c, const int huge)
     VF g = c->entropy ? vf_mul(e, vf_fmadd(vf_set1(c->kb * (float)TL_LN2),
                                            vf_max(tmin, t), vf_set1(c->k)))
                       : vf_mul(e, vf_set1(c->k));
-    return c->tail ? grad_tail(t, g, c) : g;
+    return tail ? grad_tail(t, g, c) : g;
 }
 
 static inline __attribute__((always_inline)) void
-body_grad(const void *x, int64_t v, const tl_gradcoef *cp, void *out,
-          int64_t j0, int64_t j1, const int bf16_in, const int bf16_out)
+grad_loop(const void *x, int64_t v, const tl_gradcoef *c, void *out,
+          int64_t j0, int64_t j1, const int bf16_in, const int bf16_out,
+          const int tail)
 {
-    /* a local copy: the stores to out cannot alias it */
-    const tl_gradcoef cc = *cp, *c = &cc;
     const int huge = grad_huge(c);
     int64_t j = j0;
     if (j0 == 0) {
@@ -388,18 +424,33 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *cp, void *out,
         if (head > 0)
             vf_store_part(out, 0, head,
                           grad_vec(vf_load_part(x, 0, head, bf16_in,
-                                                -INFINITY), c, huge),
+                                                -INFINITY), c, huge, tail),
                           bf16_out);
         j = head;
     }
     for (; j + VW <= j1; j += VW)
-        vf_store_aligned(out, j, grad_vec(vf_load(x, j, bf16_in), c, huge),
+        vf_store_aligned(out, j,
+                         grad_vec(vf_load(x, j, bf16_in), c, huge, tail),
                          bf16_out);
     if (j < j1)
         vf_store_part(out, j, j1 - j,
                       grad_vec(vf_load_part(x, j, j1 - j, bf16_in, -INFINITY),
-                               c, huge),
+                               c, huge, tail),
                       bf16_out);
+}
+
+/* The rows with a tail below the flush (tl_gradcoef) take the loop that
+ * looks for it; the others pay nothing for it. */
+static inline __attribute__((always_inline)) void
+body_grad(const void *x, int64_t v, const tl_gradcoef *cp, void *out,
+          int64_t j0, int64_t j1, const int bf16_in, const int bf16_out)
+{
+    /* a local copy: the stores to out cannot alias it */
+    const tl_gradcoef cc = *cp;
+    if (cc.tail)
+        grad_loop(x, v, &cc, out, j0, j1, bf16_in, bf16_out, 1);
+    else
+        grad_loop(x, v, &cc, out, j0, j1, bf16_in, bf16_out, 0);
 }
 
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
