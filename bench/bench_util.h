@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -81,6 +82,13 @@ static inline double peak_begin(void)
     if (fclose(f) != 0 || !ok)
         return -1.0;
     return proc_status_bytes("VmRSS");
+}
+
+/* Minor page faults of the process so far. */
+static inline long minflt(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_minflt : 0;
 }
 
 /* Peak resident bytes above the start (-1 if unavailable). */

@@ -1,15 +1,19 @@
 /*
  * ppo_bench --head d: logprobs, loss and gradients from hidden states
- * [N, d] through an output projection [V, d], three ways, interleaved:
- *   fused    tl_head_forward_backward (blocks within the workspace budget);
- *   sgemm    the plain OpenBLAS products of the same shapes, the floor:
- *            logits = H W^T; for fwdbwd also G W and G^T H;
- *   unfused  logits materialised by one sgemm, tl_forward_backward on
- *            them, then the two gradient products.
+ * [N, d] through an output projection [V, d], four ways, interleaved:
+ *   fused         tl_forward_backward through the head (blocks within the
+ *                 workspace budget), with a context kept between calls;
+ *   fused_newctx  the same with a new context each call (its workspace
+ *                 allocated and faulted in each time);
+ *   sgemm         the plain OpenBLAS products of the same shapes, the
+ *                 floor: logits = H W^T; for fwdbwd also G W and G^T H;
+ *   unfused       logits materialised by one sgemm, tl_forward_backward
+ *                 on them, then the two gradient products.
  * Reports median and min time, GFLOP/s of the products' 2 N V d flops
- * each, the fused time over the sgemm floor, and the peak extra resident
- * memory of each path (VmHWM after the call minus VmRSS before it, with
- * the peak reset through /proc/self/clear_refs).
+ * each, the time over the sgemm floor, the peak extra resident memory of
+ * each path (VmHWM after the call minus VmRSS before it, with the peak
+ * reset through /proc/self/clear_refs), and the minor page faults per
+ * timed call (getrusage).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "head_bench.h"
@@ -28,6 +32,7 @@ typedef struct hwork {
     tl_datum dat;
     tl_hidden hid;
     tl_head head;
+    tl_ctx *ctx;
 } hwork;
 
 static void hwork_free(hwork *k)
@@ -42,6 +47,7 @@ static void hwork_free(hwork *k)
     free(k->q);
     free(k->a);
     free(k->wt);
+    tl_ctx_free(k->ctx);
 }
 
 static int hwork_make(hwork *k, const head_cfg *c)
@@ -80,8 +86,19 @@ static int hwork_make(hwork *k, const head_cfg *c)
     }
     k->head = (tl_head){k->w, NULL, v, d, d};
     k->hid = (tl_hidden){k->h, n, d};
-    if (tl_head_logprobs(&k->head, &k->hid, k->t, 1, NULL, NULL, k->lpv,
-                         NULL, NULL, NULL) != TL_OK)
+    /* the context of the fused and unfused calls, kept between them */
+    k->ctx = tl_ctx_new();
+    if (!k->ctx || tl_ctx_set(k->ctx, TL_PARAM_THREADS, c->threads, NULL) ||
+        (c->workspace && tl_ctx_set(k->ctx, TL_PARAM_WORKSPACE_BYTES,
+                                    (double)c->workspace, NULL)) ||
+        tl_ctx_set(k->ctx, TL_PARAM_BLOCK_TOKENS, (double)c->block_tokens,
+                   NULL) ||
+        tl_ctx_set(k->ctx, TL_PARAM_BLOCK_VOCAB, (double)c->block_vocab,
+                   NULL))
+        return -2;
+    const tl_logprobs_out out = {k->lpv, NULL, NULL};
+    if (tl_head_logprobs(k->ctx, &k->head, &k->hid, k->t, 1, &out, NULL) !=
+        TL_OK)
         return -1;
     for (int64_t i = 0; i < n; i++)
         k->q[i] = k->lpv[i] + (float)(0.2 * normal());
@@ -91,22 +108,30 @@ static int hwork_make(hwork *k, const head_cfg *c)
     return 0;
 }
 
-static tl_status run_fused(hwork *k, const head_cfg *c, double *loss)
+/* The fused path with the workload's context, or (fresh) with a new copy
+ * of it made and freed in the call, as every call was before contexts
+ * kept their memory. */
+static tl_status run_fused(hwork *k, const head_cfg *c, int fresh,
+                           double *loss)
 {
-    tl_options o = tl_options_default();
-    o.threads = c->threads;
-    tl_head_options ho = tl_head_options_default();
-    if (c->workspace)
-        ho.workspace_bytes = c->workspace;
-    ho.block_tokens = c->block_tokens;
-    ho.block_vocab = c->block_vocab;
     float *lp[1] = {k->lpv}, *gh[1] = {k->gh};
     const tl_head_grads g = {gh, k->gw, NULL, 0};
+    const tl_batch batch = {&k->dat, 1, &k->head, &k->hid};
     tl_metrics m;
+    const tl_results res = {lp, NULL, c->fwdbwd ? &g : NULL, &m, NULL, NULL};
     tl_error e;
-    const tl_status s =
-        tl_head_forward_backward(&k->cfg, &k->head, &k->dat, &k->hid, 1, &o,
-                                 &ho, lp, c->fwdbwd ? &g : NULL, &m, &e);
+    tl_ctx *ctx = k->ctx;
+    if (fresh) {
+        ctx = tl_ctx_new();
+        for (int p = TL_PARAM_THREADS; ctx && p <= TL_PARAM_IO_MAX_BYTES; p++)
+            tl_ctx_set(ctx, (tl_param)p, tl_ctx_get(k->ctx, (tl_param)p),
+                       NULL);
+        if (!ctx)
+            return TL_ERR_NOMEM;
+    }
+    const tl_status s = tl_forward_backward(ctx, &k->cfg, &batch, &res, &e);
+    if (fresh)
+        tl_ctx_free(ctx);
     if (s)
         fprintf(stderr, "ppo_bench: %s\n", e.message);
     else
@@ -149,13 +174,12 @@ static tl_status run_unfused(hwork *k, const head_cfg *c, double *loss)
     tl_datum dat = k->dat;
     dat.logits = (tl_logits){L, TL_F32, n, v, v};
     const tl_grad gr = {G, TL_F32, v};
-    tl_options o = tl_options_default();
-    o.threads = c->threads;
     float *lp[1] = {k->lpv};
     tl_metrics m;
+    const tl_batch batch = {&dat, 1, NULL, NULL};
+    const tl_results res = {lp, c->fwdbwd ? &gr : NULL, NULL, &m, NULL, NULL};
     tl_error e;
-    tl_status s = tl_forward_backward(&k->cfg, &dat, 1, &o, lp,
-                                      c->fwdbwd ? &gr : NULL, &m, &e);
+    tl_status s = tl_forward_backward(k->ctx, &k->cfg, &batch, &res, &e);
     if (s)
         fprintf(stderr, "ppo_bench: %s\n", e.message);
     else
@@ -171,11 +195,20 @@ static tl_status run_unfused(hwork *k, const head_cfg *c, double *loss)
     return s;
 }
 
-static void print_row(const head_cfg *c, const char *path, double med,
-                      double mn, double flops, double floor_med,
-                      double peak, double loss, int64_t bt, int64_t bv,
-                      size_t ws)
+/* One path's figures. */
+typedef struct path_row {
+    const char *path;
+    double med, mn;  /* seconds */
+    double peak;     /* extra bytes, or -1 */
+    double minflt;   /* minor page faults per timed call */
+    double loss;     /* NaN: none */
+} path_row;
+
+static void print_row(const head_cfg *c, const path_row *p, double flops,
+                      double floor_med, int64_t bt, int64_t bv, size_t ws)
 {
+    const char *path = p->path;
+    const double med = p->med, mn = p->mn, peak = p->peak, loss = p->loss;
     const double gflops = flops / med * 1e-9;
     char pk[32] = "null", ls[32] = "null"; /* JSON has no NaN */
     if (peak >= 0)
@@ -189,21 +222,22 @@ static void print_row(const head_cfg *c, const char *path, double med,
                "\"threads\": %d, \"isa\": \"%s\", \"ms_median\": %.3f, "
                "\"ms_min\": %.3f, \"gflops\": %.2f, "
                "\"tokens_per_s\": %.1f, \"ratio_to_sgemm\": %.4f, "
-               "\"peak_extra_bytes\": %s, \"loss_sum\": %s",
+               "\"peak_extra_bytes\": %s, \"minflt_per_call\": %.1f, "
+               "\"loss_sum\": %s",
                c->loss, c->fwdbwd ? "fwdbwd" : "fwd", path, (long long)c->n,
                (long long)c->v, (long long)c->d,
                c->fwdbwd ? "fwdbwd" : "fwd", c->loss, c->threads,
                tl_isa_name(tl_isa_active()), 1e3 * med, 1e3 * mn, gflops,
-               (double)c->n / med, med / floor_med, pk, ls);
+               (double)c->n / med, med / floor_med, pk, p->minflt, ls);
         if (ws)
             printf(", \"block_tokens\": %lld, \"block_vocab\": %lld, "
                    "\"workspace_bytes\": %zu", (long long)bt, (long long)bv,
                    ws);
         printf("}\n");
     } else {
-        printf("%-8s %10.1f %10.1f %9.1f %9.3f %12.1f", path, 1e3 * med,
-               1e3 * mn, gflops, med / floor_med,
-               peak < 0 ? -1.0 : peak / 1048576.0);
+        printf("%-13s %10.1f %10.1f %9.1f %9.3f %12.1f %9.1f", path,
+               1e3 * med, 1e3 * mn, gflops, med / floor_med,
+               peak < 0 ? -1.0 : peak / 1048576.0, p->minflt);
         if (ws)
             printf("   blocks %lld x %lld, workspace %.1f MiB", (long long)bt,
                    (long long)bv, (double)ws / 1048576.0);
@@ -225,78 +259,87 @@ int head_bench(const head_cfg *c)
             fprintf(stderr, "ppo_bench: out of memory\n");
         return mk == -2 ? 2 : 1;
     }
-    tl_head_options ho = tl_head_options_default();
-    if (c->workspace)
-        ho.workspace_bytes = c->workspace;
-    ho.block_tokens = c->block_tokens;
-    ho.block_vocab = c->block_vocab;
-    int64_t bt = 0, bv = 0;
-    size_t ws = 0;
+    tl_head_blocks blk;
     tl_error e;
-    if (tl_head_plan(&k.head, c->n, 1, &ho, &bt, &bv, &ws, &e) != TL_OK) {
+    if (tl_head_plan(k.ctx, &k.head, c->n, 1, &blk, &e) != TL_OK) {
         fprintf(stderr, "ppo_bench: %s\n", e.message);
         hwork_free(&k);
         return 2;
     }
     const int r = c->repeat;
-    double *tf = malloc((size_t)r * sizeof *tf);
-    double *ts = malloc((size_t)r * sizeof *ts);
-    double *tu = malloc((size_t)r * sizeof *tu);
-    double lf = 0.0, lu = 0.0;
+    enum { FUSED, FRESH, SGEMM, UNFUSED, NPATH };
+    static const char *const names[NPATH] = {"fused", "fused_newctx",
+                                             "sgemm", "unfused"};
+    double *t[NPATH];
+    path_row row[NPATH];
     int rc = 0;
-    /* warm-up of each path, then the timed calls interleaved */
-    if (!tf || !ts || !tu || run_fused(&k, c, &lf) ||
-        run_unfused(&k, c, &lu)) {
+    for (int p = 0; p < NPATH; p++) {
+        t[p] = malloc((size_t)r * sizeof *t[p]);
+        row[p] = (path_row){names[p], 0.0, 0.0, -1.0, 0.0, NAN};
+        rc |= !t[p];
+    }
+    /* warm-up of each path, then the timed calls interleaved, with the
+     * minor page faults of each (its steady state: a path that keeps its
+     * memory faults nothing in) */
+    if (rc || run_fused(&k, c, 0, &row[FUSED].loss) ||
+        run_unfused(&k, c, &row[UNFUSED].loss)) {
         rc = 1;
         goto done;
     }
     run_sgemm(&k, c, k.L);
-    for (int i = 0; i < r; i++) {
-        double t0 = now();
-        run_fused(&k, c, &lf);
-        tf[i] = now() - t0;
-        t0 = now();
-        run_sgemm(&k, c, k.L);
-        ts[i] = now() - t0;
-        t0 = now();
-        run_unfused(&k, c, &lu);
-        tu[i] = now() - t0;
+    for (int i = 0; i < r; i++)
+        for (int p = 0; p < NPATH; p++) {
+            const long f0 = minflt();
+            const double t0 = now();
+            if (p == SGEMM)
+                run_sgemm(&k, c, k.L);
+            else if (p == UNFUSED)
+                run_unfused(&k, c, &row[p].loss);
+            else
+                run_fused(&k, c, p == FRESH, &row[p].loss);
+            t[p][i] = now() - t0;
+            row[p].minflt += (double)(minflt() - f0) / r;
+        }
+    /* peak extra memory of each path but the floor, one more call each */
+    for (int p = 0; p < NPATH; p++) {
+        if (p == SGEMM)
+            continue;
+        const double p0 = peak_begin();
+        if (p == UNFUSED)
+            run_unfused(&k, c, &row[p].loss);
+        else
+            run_fused(&k, c, p == FRESH, &row[p].loss);
+        row[p].peak = peak_end(p0);
     }
-    /* peak extra memory of each path, one more call each */
-    double p0 = peak_begin();
-    run_fused(&k, c, &lf);
-    const double pf = peak_end(p0);
-    p0 = peak_begin();
-    run_unfused(&k, c, &lu);
-    const double pu = peak_end(p0);
     const double flops =
         2.0 * (double)c->n * (double)c->v * (double)c->d * (c->fwdbwd ? 3 : 1);
-    double mf = tf[0], ms = ts[0], mu = tu[0];
-    for (int i = 1; i < r; i++) {
-        mf = fmin(mf, tf[i]);
-        ms = fmin(ms, ts[i]);
-        mu = fmin(mu, tu[i]);
+    for (int p = 0; p < NPATH; p++) {
+        row[p].med = median(t[p], r);
+        row[p].mn = t[p][0];
+        for (int i = 1; i < r; i++)
+            row[p].mn = fmin(row[p].mn, t[p][i]);
     }
-    const double medf = median(tf, r), meds = median(ts, r),
-                 medu = median(tu, r);
     if (!c->json) {
         printf("ppo_bench --head: loss %s, %s, N = %lld, V = %lld, d = %lld, "
                "%d threads, repeat %d\n", c->loss,
                c->fwdbwd ? "fwdbwd" : "fwd", (long long)c->n,
                (long long)c->v, (long long)c->d, c->threads, r);
-        printf("%-8s %10s %10s %9s %9s %12s\n", "path", "ms_median", "ms_min",
-               "GFLOP/s", "/sgemm", "peak_MiB");
+        printf("%-13s %10s %10s %9s %9s %12s %9s\n", "path", "ms_median",
+               "ms_min", "GFLOP/s", "/sgemm", "peak_MiB", "minflt");
     }
-    print_row(c, "fused", medf, mf, flops, meds, pf, lf, bt, bv, ws);
-    print_row(c, "sgemm", meds, ms, flops, meds, -1.0, NAN, 0, 0, 0);
-    print_row(c, "unfused", medu, mu, flops, meds, pu, lu, 0, 0, 0);
+    for (int p = 0; p < NPATH; p++)
+        print_row(c, &row[p], flops, row[SGEMM].med,
+                  p == FUSED ? blk.block_tokens : 0,
+                  p == FUSED ? blk.block_vocab : 0,
+                  p == FUSED ? blk.workspace_bytes : 0);
     if (!c->json)
         printf("loss:sum fused %.9g, unfused %.9g (relative difference "
-               "%.2e)\n", lf, lu, fabs(lf - lu) / fmax(fabs(lu), 1e-300));
+               "%.2e)\n", row[FUSED].loss, row[UNFUSED].loss,
+               fabs(row[FUSED].loss - row[UNFUSED].loss) /
+                   fmax(fabs(row[UNFUSED].loss), 1e-300));
 done:
-    free(tf);
-    free(ts);
-    free(tu);
+    for (int p = 0; p < NPATH; p++)
+        free(t[p]);
     hwork_free(&k);
     return rc;
 }

@@ -227,7 +227,8 @@ static int make_work(work *wk, const cfg *c)
     }
     /* sampler logprobs near the trainer's: ratios around 1 */
     tl_logits lg = {wk->x, TL_F32, n, v, v};
-    if (tl_logprobs(&lg, wk->t, NULL, wk->lp, NULL, NULL, NULL) != TL_OK)
+    const tl_logprobs_out out = {wk->lp, NULL, NULL};
+    if (tl_logprobs(NULL, &lg, wk->t, 1, &out, NULL) != TL_OK)
         return -1;
     for (int64_t i = 0; i < n; i++)
         wk->q[i] = wk->lp[i] + (float)(0.2 * normal());
@@ -241,6 +242,29 @@ static tl_datum datum_of(const work *wk, int bf16, int64_t n)
     d.logits = (tl_logits){bf16 ? (const void *)wk->xb : (const void *)wk->x,
                            bf16 ? TL_BF16 : TL_F32, n, wk->v, wk->v};
     return d;
+}
+
+/* The workload's call: the datum's loss, logprobs to lp, the gradient to
+ * grad (NULL: forward only). */
+static tl_status call(tl_ctx *ctx, const work *wk, const tl_datum *d,
+                      float *lp, const tl_grad *grad, tl_metrics *m,
+                      tl_error *e)
+{
+    float *lps[1] = {lp};
+    const tl_batch batch = {d, 1, NULL, NULL};
+    const tl_results res = {lps, grad, NULL, m, NULL, NULL};
+    return tl_forward_backward(ctx, &wk->cfg, &batch, &res, e);
+}
+
+/* A context of `threads` threads (NULL if memory is short). */
+static tl_ctx *ctx_of(int threads)
+{
+    tl_ctx *ctx = tl_ctx_new();
+    if (ctx && tl_ctx_set(ctx, TL_PARAM_THREADS, threads, NULL)) {
+        tl_ctx_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
 }
 
 /* Largest |logprob - float64| over a sample of rows. */
@@ -277,27 +301,25 @@ static double cache_seconds_per_logit(const work *wk, int bf16, int fwdbwd,
     const int64_t iters = 2000000 / (n * wk->v) + 1;
     tl_datum d = datum_of(wk, bf16, n);
     tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, wk->v};
-    tl_options o = tl_options_default();
-    o.threads = threads;
+    tl_ctx *ctx = ctx_of(threads);
     float *lp = malloc((size_t)n * sizeof *lp);
-    if (!lp)
-        return -1.0;
-    float *lps[1] = {lp};
     tl_metrics m;
     double best = -1.0;
-    for (int trial = 0; trial < 11; trial++) {
+    for (int trial = 0; ctx && lp && trial < 11; trial++) {
         const double t0 = now();
         for (int64_t k = 0; k < iters; k++)
-            if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps,
-                                    fwdbwd ? &gr : NULL, &m, NULL) != TL_OK) {
-                free(lp);
-                return -1.0;
+            if (call(ctx, wk, &d, lp, fwdbwd ? &gr : NULL, &m, NULL) !=
+                TL_OK) {
+                best = -1.0;
+                trial = 11;
+                break;
             }
         const double s = (now() - t0) / (double)(iters * n * wk->v);
-        if (best < 0 || s < best)
+        if (trial < 11 && (best < 0 || s < best))
             best = s;
     }
     free(lp);
+    tl_ctx_free(ctx);
     return best;
 }
 
@@ -306,9 +328,7 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
 {
     tl_datum d = datum_of(wk, bf16, wk->n);
     tl_grad gr = {wk->grad, bf16 ? TL_BF16 : TL_F32, wk->v};
-    tl_options o = tl_options_default();
-    o.threads = threads;
-    float *lps[1] = {wk->lp};
+    tl_ctx *ctx = ctx_of(threads);
     const int r = c->repeat;
     double *tk = malloc((size_t)r * sizeof *tk);
     double *tr = malloc((size_t)r * sizeof *tr);
@@ -317,9 +337,10 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     tl_metrics m;
     tl_error e;
     /* warm-up call, then timed calls interleaved with the bandwidth runs */
-    if (tl_forward_backward(&wk->cfg, &d, 1, &o, lps, fwdbwd ? &gr : NULL, &m,
-                            &e) != TL_OK) {
-        fprintf(stderr, "ppo_bench: %s\n", e.message);
+    if (!ctx || call(ctx, wk, &d, wk->lp, fwdbwd ? &gr : NULL, &m, &e) !=
+                    TL_OK) {
+        fprintf(stderr, "ppo_bench: %s\n", ctx ? e.message : "out of memory");
+        tl_ctx_free(ctx);
         free(tk);
         free(tr);
         free(tc);
@@ -329,8 +350,7 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     for (int k = 0; k < r; k++) {
         tr[k] = bw_best(bw_read, threads, 0);
         const double t0 = now();
-        tl_forward_backward(&wk->cfg, &d, 1, &o, lps, fwdbwd ? &gr : NULL, &m,
-                            NULL);
+        call(ctx, wk, &d, wk->lp, fwdbwd ? &gr : NULL, &m, NULL);
         tk[k] = now() - t0;
         tc[k] = bw_best(bw_copy, threads, 0);
         tp[k] = fwdbwd ? bw_best(bw_pattern, threads,
@@ -393,6 +413,7 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     free(tr);
     free(tc);
     free(tp);
+    tl_ctx_free(ctx);
     return 0;
 }
 

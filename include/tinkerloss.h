@@ -10,6 +10,11 @@
  *  - bfloat16 values are stored as uint16_t (the upper half of a float32).
  *  - Every function returns a tl_status. On error it fills the optional
  *    tl_error (if not NULL) with the argument name and index at fault.
+ *  - The computing functions take a context (tl_ctx) first: it holds the
+ *    settings of the calls (threads, ISA tier, temperature, ...) and the
+ *    memory they need, kept from one call to the next, so that a second
+ *    call of the same shapes allocates nothing. A NULL context means a
+ *    context with the defaults, made and freed within the call.
  *  - Argument errors (NULL pointers, sizes, token ids, temperature) are
  *    detected before any output is written. Errors found in the logits data
  *    (TL_ERR_BAD_ROW) leave every per-row output (logprobs, lse, entropy)
@@ -43,9 +48,9 @@ extern "C" {
 #define TL_API
 #endif
 
-#define TL_VERSION_MAJOR 0
-#define TL_VERSION_MINOR 1
-#define TL_VERSION_PATCH 0
+/* TL_VERSION_MAJOR, TL_VERSION_MINOR, TL_VERSION_PATCH (generated from
+ * the project's version by the build) */
+#include "tinkerloss_version.h"
 
 /* ------------------------------------------------------------------------ */
 /* Status codes and error details                                            */
@@ -119,104 +124,137 @@ typedef struct tl_grad {
     int64_t stride;   /* >= vocab, in elements */
 } tl_grad;
 
-/* Per-call options. Initialise with tl_options_default(); passing NULL
- * where a `const tl_options *` is accepted means the defaults. */
-typedef struct tl_options {
-    double temperature; /* logits are divided by it; must lie in
-                           [1e-30, 1e30] (so that T and 1/T are normal
-                           float32 numbers). Default 1. */
-    int threads;        /* OpenMP threads for this call; 0 (default) uses
-                           the global setting (tl_set_num_threads). */
-    int entropy;        /* batch calls: also report entropy:mean (costs a
-                           little more arithmetic). Default 0. */
-} tl_options;
+/* ------------------------------------------------------------------------ */
+/* Contexts                                                                  */
+/* ------------------------------------------------------------------------ */
 
-TL_API tl_options tl_options_default(void);
+/*
+ * A context holds the settings of the calls made with it and the memory
+ * those calls need (per-thread scratch rows, per-token buffers, the
+ * projection's workspace), grown as needed and kept until tl_ctx_free: a
+ * second call of the same shapes allocates nothing.
+ *
+ * Thread safety: a context is used by one call at a time (each calling
+ * thread has its own); calls with different contexts run concurrently.
+ * A call uses its context's threads (OpenMP) itself.
+ */
+typedef struct tl_ctx tl_ctx;
+
+/* A new context with every parameter at its default; NULL if memory is
+ * short. */
+TL_API tl_ctx *tl_ctx_new(void);
+
+/* Free a context and all it holds (NULL: nothing). */
+TL_API void tl_ctx_free(tl_ctx *ctx);
+
+/* Parameters of a context (tl_ctx_set). Integer parameters take whole
+ * numbers. */
+typedef enum tl_param {
+    TL_PARAM_THREADS = 1,      /* OpenMP threads of a call; 0 (default):
+                                  the process default (tl_set_num_threads,
+                                  else OpenMP's) */
+    TL_PARAM_ISA = 2,          /* tl_isa of the kernels; -1 (default): the
+                                  process's tier (tl_isa_active) */
+    TL_PARAM_TEMPERATURE = 3,  /* logits are divided by it; in [1e-30,
+                                  1e30] (T and 1/T normal float32
+                                  numbers); default 1 */
+    TL_PARAM_ENTROPY = 4,      /* 1: batch calls also report entropy:mean
+                                  (a little more arithmetic); default 0 */
+    TL_PARAM_WORKSPACE_BYTES = 5, /* the projection's workspace budget;
+                                     default TL_HEAD_DEFAULT_WORKSPACE */
+    TL_PARAM_BLOCK_TOKENS = 6, /* the projection's tokens per block; 0
+                                  (default): chosen (tl_head_plan) */
+    TL_PARAM_BLOCK_VOCAB = 7,  /* its vocabulary entries per block; 0
+                                  (default): chosen */
+    TL_PARAM_IO_MAX_BYTES = 8  /* the file formats' input limit
+                                  (tinkerloss_io.h); 0 (default): the
+                                  process default (tl_io_max_bytes) */
+} tl_param;
+
+/* Default workspace budget of the projection paths: 256 MiB. */
+#define TL_HEAD_DEFAULT_WORKSPACE ((size_t)256 << 20)
+
+/* Set a parameter. Errors: TL_ERR_NULL, TL_ERR_CONFIG (unknown
+ * parameter), TL_ERR_VALUE (out of range, or not a whole number for an
+ * integer parameter), TL_ERR_UNSUPPORTED (an ISA tier this CPU lacks). */
+TL_API tl_status tl_ctx_set(tl_ctx *ctx, tl_param param, double value,
+                            tl_error *err);
+
+/* The value of a parameter (NaN for an unknown one or a NULL ctx). */
+TL_API double tl_ctx_get(const tl_ctx *ctx, tl_param param);
+
+/* Bytes of memory the context holds for its calls. */
+TL_API size_t tl_ctx_memory(const tl_ctx *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Per-token logprobs                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* Per-row outputs of the logprob functions. */
+typedef struct tl_logprobs_out {
+    float *logprobs; /* [rows, k] target logprobs; required when rows > 0 */
+    float *lse;      /* [rows] logsumexp(z) per row; may be NULL */
+    float *entropy;  /* [rows] -sum softmax(z) log softmax(z); may be NULL */
+} tl_logprobs_out;
+
 /*
- * Target-token log-probabilities:
- *   z = logits[i, :] / T
- *   logprobs[i] = z[targets[i]] - logsumexp(z)
+ * Target-token log-probabilities, k targets per row (k = 1 for one; more
+ * for e.g. top-K distillation):
+ *   z = logits[i, :] / T          (T: the context's temperature)
+ *   logprobs[i, q] = z[targets[i, q]] - logsumexp(z)
  * The normaliser is accumulated in double precision; logprobs are within
  * 1e-6 + 1 ulp of a float64 computation for vocabularies up to 262,144.
  *
  * logits    [rows, vocab] view; single -inf entries are legal (masked
  *           vocabulary).
- * targets   [rows] token ids in [0, vocab).
- * opts      may be NULL (defaults).
- * logprobs  [rows] output; required when rows > 0.
- * lse       [rows] output, logsumexp(z) per row; may be NULL.
- * entropy   [rows] output, -sum softmax(z) * log softmax(z); may be NULL.
+ * targets   [rows, k] token ids in [0, vocab), row-major.
+ * k         1 <= k <= TL_MAX_TARGETS.
+ * out       the outputs (see tl_logprobs_out).
  * err       may be NULL.
  *
  * rows == 0 is a valid no-op.
  * Errors: TL_ERR_NULL, TL_ERR_SIZE (vocab < 1, rows < 0, stride < vocab,
- * size overflow), TL_ERR_DTYPE, TL_ERR_TOKEN, TL_ERR_VALUE (temperature,
- * threads < 0, an lse asked for beyond the float32 range), TL_ERR_BAD_ROW
- * (index = lowest bad row; the message gives the reason and column or
- * target), TL_ERR_NOMEM.
+ * k out of range, size overflow), TL_ERR_DTYPE, TL_ERR_TOKEN, TL_ERR_VALUE
+ * (an lse asked for beyond the float32 range), TL_ERR_BAD_ROW (index =
+ * lowest bad row; the message gives the reason and column or target),
+ * TL_ERR_NOMEM.
  */
-TL_API tl_status tl_logprobs(const tl_logits *logits, const int64_t *targets,
-                             const tl_options *opts, float *logprobs,
-                             float *lse, float *entropy, tl_error *err);
+TL_API tl_status tl_logprobs(tl_ctx *ctx, const tl_logits *logits,
+                             const int64_t *targets, int64_t k,
+                             const tl_logprobs_out *out, tl_error *err);
 
 /*
- * Gradient of L with respect to the logits, given per-row
- *   g[i]   = dL / d logprobs[i]     (required when rows > 0)
- *   ge[i]  = dL / d entropy[i]      (may be NULL: no entropy term)
- * For row i with p = softmax(z), z = logits[i, :] / T, t = targets[i]:
- *   grad[i, j] = ( g[i] * (1[j == t] - p_j)
- *                  - ge[i] * p_j * (log p_j + H_i) ) / T
- * The target element is computed as g * (1 - p_t) directly, 1 - p_t from
- * the sum of the other terms when t is the row max, so that it keeps its
- * precision when p_t is within 1e-7 (or 1e-40) of 1. Without an entropy
- * term, every float32 gradient element whose exact value is at least
- * FLT_MIN in magnitude is within 2e-5 of it, relative, and every smaller
- * one within FLT_MIN (terms far below the row max are not flushed when
- * g / T makes their element a normal float). With an entropy term the
- * factor g + ge (log p_j + H) may cancel: elements are then within 2e-5
- * of the row's largest. Row statistics are recomputed from the logits
- * (each gradient row is written while its logits row is still in cache),
- * so no forward results are needed. A bfloat16 gradient is computed in
- * float32 and rounded to nearest-even once. Non-finite g or ge are
- * TL_ERR_VALUE.
+ * Gradient of L with respect to the logits, given
+ *   g[i, q] = dL / d logprobs[i, q]   [rows, k]   (required when rows > 0)
+ *   ge[i]   = dL / d entropy[i]       [rows]      (may be NULL: no entropy
+ *                                                  term)
+ * For row i with p = softmax(z), z = logits[i, :] / T, G_i = sum_q g[i, q]:
+ *   grad[i, j] = ( sum_q g[i, q] 1[j == t_iq] - G_i p_j
+ *                  - ge[i] p_j (log p_j + H_i) ) / T
+ * Repeated targets in a row add up. A target element is computed as
+ * g (1 - p_t) directly, 1 - p_t from the sum of the other terms when t is
+ * the row max, so that it keeps its precision when p_t is within 1e-7 (or
+ * 1e-40) of 1. Without an entropy term, every float32 gradient element
+ * whose exact value is at least FLT_MIN in magnitude is within 2e-5 of
+ * it, relative, and every smaller one within FLT_MIN (terms far below the
+ * row max are not flushed when g / T makes their element a normal float).
+ * With an entropy term the factor g + ge (log p_j + H) may cancel:
+ * elements are then within 2e-5 of the row's largest. Row statistics are
+ * recomputed from the logits (each gradient row is written while its
+ * logits row is still in cache), so no forward results are needed. A
+ * bfloat16 gradient is computed in float32 and rounded to nearest-even
+ * once. The gradient may overwrite the logits (same dtype and stride).
  *
- * Errors: as tl_logprobs, plus TL_ERR_DTYPE for a float32-logits/bfloat16-
- * gradient request, TL_ERR_NULL for grad->data, TL_ERR_SIZE for
+ * Errors: as tl_logprobs, plus TL_ERR_VALUE for non-finite g or ge (arg
+ * "g" or "ge", with the index), TL_ERR_DTYPE for a float32-logits/
+ * bfloat16-gradient request, TL_ERR_NULL for grad->data, TL_ERR_SIZE for
  * grad->stride < vocab, TL_ERR_VALUE (arg "logits", index = row) for a
  * gradient that overflows float32.
  */
-TL_API tl_status tl_logprobs_backward(const tl_logits *logits,
-                                      const int64_t *targets, const float *g,
-                                      const float *ge, const tl_options *opts,
+TL_API tl_status tl_logprobs_backward(tl_ctx *ctx, const tl_logits *logits,
+                                      const int64_t *targets, int64_t k,
+                                      const float *g, const float *ge,
                                       const tl_grad *grad, tl_error *err);
-
-/*
- * K targets per row (e.g. top-K distillation): targets [rows, k] row-major,
- * logprobs [rows, k]. 1 <= k <= TL_MAX_TARGETS (else TL_ERR_SIZE). The
- * k = 1 case is tl_logprobs.
- */
-TL_API tl_status tl_logprobs_multi(const tl_logits *logits,
-                                   const int64_t *targets, int64_t k,
-                                   const tl_options *opts, float *logprobs,
-                                   float *lse, float *entropy, tl_error *err);
-
-/*
- * Gradient for K targets per row, g [rows, k] = dL/dlogprobs:
- *   grad[i, j] = ( sum_q g[i, q] 1[j == t_iq] - G_i p_j
- *                  - ge[i] p_j (log p_j + H_i) ) / T,  G_i = sum_q g[i, q]
- * Repeated targets in a row add up. The k = 1 case is tl_logprobs_backward.
- */
-TL_API tl_status tl_logprobs_backward_multi(const tl_logits *logits,
-                                            const int64_t *targets, int64_t k,
-                                            const float *g, const float *ge,
-                                            const tl_options *opts,
-                                            const tl_grad *grad,
-                                            tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Sequence helpers (Tinker alignment patterns)                              */
@@ -261,18 +299,16 @@ TL_API tl_status tl_pad_logprobs(int64_t prompt_len,
  * out[i] = log p(tokens[i + 1] | row i) for i in [0, len - 1). The last
  * row's logits are not read. len >= 1 (len == 1 writes nothing).
  */
-TL_API tl_status tl_sequence_logprobs(const tl_logits *logits,
-                                      const int64_t *tokens,
-                                      const tl_options *opts, float *out,
+TL_API tl_status tl_sequence_logprobs(tl_ctx *ctx, const tl_logits *logits,
+                                      const int64_t *tokens, float *out,
                                       tl_error *err);
 
 /*
  * compute_logprobs alignment: out has len = logits->rows elements,
  * out[0] = NaN (no context), out[i] = log p(tokens[i] | row i - 1).
  */
-TL_API tl_status tl_compute_logprobs(const tl_logits *logits,
-                                     const int64_t *tokens,
-                                     const tl_options *opts, float *out,
+TL_API tl_status tl_compute_logprobs(tl_ctx *ctx, const tl_logits *logits,
+                                     const int64_t *tokens, float *out,
                                      tl_error *err);
 
 /* ------------------------------------------------------------------------ */
@@ -413,126 +449,18 @@ TL_API tl_status tl_metrics_set(tl_metrics *m, const char *name,
 /* Pointer to the value of a metric, or NULL if absent. */
 TL_API const double *tl_metrics_get(const tl_metrics *m, const char *name);
 
-/*
- * forward_backward over a batch of datums, fused: for each row the logprob,
- * the loss derivative of its token(s) and the gradient row are computed
- * while the logits row is in cache (logits read from memory once, gradient
- * written once).
- *
- * logprobs  NULL, or ndata pointers: logprobs[i] receives datum i's
- *           [N_i * K_i] target logprobs (loss_fn_outputs[i]["logprobs"]).
- * grads     NULL for a forward-only call, or ndata gradient buffers for the
- *           datums' logits (see tl_grad).
- * metrics   may be NULL; cleared, then filled with:
- *   loss:sum                  always (summed in double in datum/token order)
- *   tokens:sum                number of target tokens
- *   ratio:mean, ratio:min, ratio:max, kl_sample_train_v1:mean
- *   (mean of q - lp), kl_sample_train_v2:mean (mean of (q - lp)^2 / 2)
- *                             losses with sampler logprobs, over sampled
- *                             tokens (those with A != 0 or q != 0: prompt
- *                             padding has both 0); omitted if there are none
- *   clip_fraction:mean        ppo, cispo: sampled tokens with r outside
- *                             [lo, hi]
- *   entropy:mean              if opts->entropy: mean entropy per position
- * Results do not depend on the thread count.
- * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,
- * TL_ERR_CONFIG (stray input), TL_ERR_MISSING (missing input, NaN sampler
- * logprob), TL_ERR_SIZE (a datum's or the batch's token count overflows),
- * TL_ERR_VALUE when a token's loss or gradient overflows float32
- * (e.g. the ratio exp(lp - q) of a sampler logprob far below the trainer's;
- * the message names datum and token; never a silent inf); err->arg names
- * the input as "data[i].loss_fn_inputs.KEY" or "data[i].logits". With
- * several failures, the precedence at the top of this header decides. A
- * failed row's gradient row is filled with NaN.
- */
-TL_API tl_status tl_forward_backward(const tl_loss_config *cfg,
-                                     const tl_datum *data, int64_t ndata,
-                                     const tl_options *opts,
-                                     float *const *logprobs,
-                                     const tl_grad *grads,
-                                     tl_metrics *metrics, tl_error *err);
-
-/* The same result computed the readable way, datum by datum:
- * tl_logprobs_multi, then tl_loss_eval, then tl_logprobs_backward_multi
- * (logits read twice). Kept as the reference the fused path is tested
- * against. */
-TL_API tl_status tl_forward_backward_reference(const tl_loss_config *cfg,
-                                               const tl_datum *data,
-                                               int64_t ndata,
-                                               const tl_options *opts,
-                                               float *const *logprobs,
-                                               const tl_grad *grads,
-                                               tl_metrics *metrics,
-                                               tl_error *err);
-
-/*
- * The loss from given per-token logprobs (verifying a server result:
- * logprobs[i] holds datum i's [N_i * K_i] trainer logprobs). Datum logits
- * are not used. grad_logprobs (may be NULL) receives dL/dlogprobs per
- * datum. Metrics as tl_forward_backward (without entropy). A loss or
- * gradient that overflows float32 is TL_ERR_VALUE, as there.
- */
-TL_API tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
-                              int64_t ndata, const float *const *logprobs,
-                              float *const *grad_logprobs,
-                              tl_metrics *metrics, tl_error *err);
-
-/*
- * A custom loss (the forward_backward_custom pattern). Called once with
- * the batch and its per-datum logprobs; must set *loss (the custom loss C)
- * and grad[i][t] = dC/dlogprobs[i][t] (grad arrives zeroed), may add
- * metrics, and returns TL_OK or an error (optionally described in err).
- */
-typedef tl_status (*tl_custom_loss_fn)(void *user, const tl_datum *data,
-                                       int64_t ndata,
-                                       const float *const *logprobs,
-                                       double *loss, float *const *grad,
-                                       tl_metrics *metrics, tl_error *err);
-
-/*
- * Runs the forward pass, calls fn, and chains its gradient to the logits
- * (grads may be NULL to skip that). As Tinker does, the logits gradient is
- * that of the linear surrogate sum(w * lp) with weights w = -dC/dlogprobs,
- * i.e. cross_entropy with those weights; weights (may be NULL) receives w
- * per datum so it can be compared with what a client sends. *custom_loss
- * (may be NULL) receives C. metrics: loss:sum is the surrogate's value
- * -sum(w * lp) (as the server reports it), tokens:sum, then the callback's
- * metrics. Datums need target_tokens and logits; other inputs are passed
- * through to fn unchecked. A non-finite gradient from fn is TL_ERR_VALUE.
- */
-TL_API tl_status tl_forward_backward_custom(tl_custom_loss_fn fn, void *user,
-                                            const tl_datum *data,
-                                            int64_t ndata,
-                                            const tl_options *opts,
-                                            float *const *logprobs,
-                                            const tl_grad *grads,
-                                            float *const *weights,
-                                            double *custom_loss,
-                                            tl_metrics *metrics,
-                                            tl_error *err);
-
 /* ------------------------------------------------------------------------ */
-/* Output projection: logprobs and gradients from hidden states              */
+/* Batches: forward_backward                                                 */
 /* ------------------------------------------------------------------------ */
 
 /*
  * The model's output projection (unembedding, PyTorch's lm_head):
  *   logits[i, :] = hidden[i, :] @ weight^T + bias
- * The functions below compute what the logits paths compute, without ever
- * holding the [N, V] logits: tokens and vocabulary are processed in blocks
- * with OpenBLAS sgemm, so the extra memory is bounded by
- * tl_head_options.workspace_bytes whatever N and V are.
- *
- * Threads: the call's OpenMP team (tl_options.threads) runs every sgemm
- * itself, each thread calling OpenBLAS single-threaded on its own part of
- * the product, so OpenBLAS and OpenMP never run at the same time and at
- * most `threads` cores are busy. For the duration of the call, OpenBLAS is
- * held at one thread per caller: with the OpenMP build of OpenBLAS through
- * each worker's own nthreads ICV (nothing global changes); with the
- * pthreads build through openblas_set_num_threads(1), the previous value
- * being restored when the last concurrent call returns. The partition of
- * every product is fixed by the block sizes, not by the thread count, so
- * results are bitwise identical for any thread count.
+ * A batch may give hidden states and the projection instead of logits:
+ * its logprobs, losses and gradients are then computed without ever
+ * holding the [N, V] logits (tokens and vocabulary in blocks, with
+ * OpenBLAS sgemm; see tl_head_plan), and the gradients go to the hidden
+ * states, the weight and the bias.
  */
 typedef struct tl_head {
     const float *weight; /* [vocab, dim] row-major, row stride `stride` */
@@ -561,62 +489,175 @@ typedef struct tl_head_grads {
                              several calls) */
 } tl_head_grads;
 
-/* Default workspace budget of the projection paths: 256 MiB. */
-#define TL_HEAD_DEFAULT_WORKSPACE ((size_t)256 << 20)
+/* A batch of datums: what forward_backward computes from. */
+typedef struct tl_batch {
+    const tl_datum *data;     /* ndata datums; may be NULL when ndata == 0 */
+    int64_t ndata;            /* >= 0 */
+    const tl_head *head;      /* NULL: datum i's logits are data[i].logits;
+                                 else they are hidden[i] @ weight^T + bias
+                                 (data[i].logits is ignored) */
+    const tl_hidden *hidden;  /* with head: ndata hidden-state matrices,
+                                 hidden[i].rows == N_i */
+} tl_batch;
 
-/* Blocking of the projection paths. Initialise with
- * tl_head_options_default(); NULL where accepted means the defaults. */
-typedef struct tl_head_options {
-    size_t workspace_bytes; /* most memory a call allocates besides its
-                               O(tokens) bookkeeping (per-token results,
-                               about 40 bytes per token); default
-                               TL_HEAD_DEFAULT_WORKSPACE */
-    int64_t block_tokens;   /* tokens per block; 0 (default): chosen */
-    int64_t block_vocab;    /* vocabulary entries per block; 0 (default):
-                               chosen. With block_vocab >= vocab every
-                               product is computed once; with fewer, the
-                               logits of a block are computed twice
-                               (once for the normaliser, once for the
-                               gradient), one product more. */
-} tl_head_options;
-
-TL_API tl_head_options tl_head_options_default(void);
+/* What forward_backward writes. Every member may be NULL. */
+typedef struct tl_results {
+    float *const *logprobs;   /* ndata pointers: logprobs[i] receives
+                                 datum i's [N_i * K_i] target logprobs
+                                 (loss_fn_outputs[i]["logprobs"]) */
+    const tl_grad *grads;     /* logits path: ndata gradient buffers for
+                                 the datums' logits (see tl_grad); NULL
+                                 for a forward-only call */
+    const tl_head_grads *head_grads; /* projection path: the gradients
+                                 to the hidden states, weight and bias */
+    tl_metrics *metrics;      /* cleared, then filled (see below) */
+    float *const *weights;    /* custom losses only: w[i] = -dC/dlogprobs
+                                 per datum, what a client sends */
+    double *custom_loss;      /* custom losses only: C */
+} tl_results;
 
 /*
- * The blocks a call over `rows` tokens (K targets each) would use, and the
- * workspace it would allocate. Chosen blocks: block_tokens = min(rows,
- * 256) tokens with the whole vocabulary if that fits the budget, else as
- * many tokens as fit (at least min(rows, 16)), else min(rows, 16) tokens
- * and the vocabulary in as few blocks of equal size as fit. Every output may be NULL.
+ * forward_backward over a batch: for each row the logprob, the loss
+ * derivative of its token(s) and the gradient row are computed while the
+ * logits row is in cache (logits read from memory once, gradient written
+ * once); through a projection, forward, loss and backward run in one pass
+ * over the blocks.
+ *
+ * metrics, cleared, then filled with:
+ *   loss:sum                  always (summed in double in datum/token order)
+ *   tokens:sum                number of target tokens
+ *   ratio:mean, ratio:min, ratio:max, kl_sample_train_v1:mean
+ *   (mean of q - lp), kl_sample_train_v2:mean (mean of (q - lp)^2 / 2)
+ *                             losses with sampler logprobs, over sampled
+ *                             tokens (those with A != 0 or q != 0: prompt
+ *                             padding has both 0); omitted if there are none
+ *   clip_fraction:mean        ppo, cispo: sampled tokens with r outside
+ *                             [lo, hi]
+ *   entropy:mean              with TL_PARAM_ENTROPY: mean entropy per
+ *                             position
+ * Results do not depend on the thread count, nor on the other datums of
+ * the batch, bit for bit.
+ * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,
+ * TL_ERR_CONFIG (stray input; weights or custom_loss with a built-in
+ * loss; grads with a head or head_grads without one), TL_ERR_MISSING
+ * (missing input, NaN sampler logprob), TL_ERR_SIZE (a datum's or the
+ * batch's token count overflows; the projection's blocks do not fit
+ * TL_PARAM_WORKSPACE_BYTES), TL_ERR_VALUE when a token's loss or gradient
+ * overflows float32 (e.g. the ratio exp(lp - q) of a sampler logprob far
+ * below the trainer's; the message names datum and token; never a silent
+ * inf); err->arg names the input as "data[i].loss_fn_inputs.KEY",
+ * "data[i].logits" or "data[i].hidden". With several failures, the
+ * precedence at the top of this header decides. A failed row's gradient
+ * row is filled with NaN; through a projection the gradients are then
+ * unspecified.
+ */
+TL_API tl_status tl_forward_backward(tl_ctx *ctx, const tl_loss_config *cfg,
+                                     const tl_batch *batch,
+                                     const tl_results *res, tl_error *err);
+
+/*
+ * The loss from given per-token logprobs (verifying a server result:
+ * logprobs[i] holds datum i's [N_i * K_i] trainer logprobs). Datum logits
+ * are not used. grad_logprobs (may be NULL) receives dL/dlogprobs per
+ * datum. Metrics as tl_forward_backward (without entropy). A loss or
+ * gradient that overflows float32 is TL_ERR_VALUE, as there.
+ */
+TL_API tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
+                              int64_t ndata, const float *const *logprobs,
+                              float *const *grad_logprobs,
+                              tl_metrics *metrics, tl_error *err);
+
+/*
+ * A custom loss (the forward_backward_custom pattern). Called once with
+ * the batch and its per-datum logprobs; must set *loss (the custom loss C)
+ * and grad[i][t] = dC/dlogprobs[i][t] (grad arrives zeroed), may add
+ * metrics, and returns TL_OK or an error (optionally described in err).
+ */
+typedef tl_status (*tl_custom_loss_fn)(void *user, const tl_datum *data,
+                                       int64_t ndata,
+                                       const float *const *logprobs,
+                                       double *loss, float *const *grad,
+                                       tl_metrics *metrics, tl_error *err);
+
+/*
+ * Runs the forward pass, calls fn, and chains its gradient to the logits
+ * (or through the projection). As Tinker does, the gradient is that of
+ * the linear surrogate sum(w * lp) with weights w = -dC/dlogprobs, i.e.
+ * cross_entropy with those weights; res->weights receives w per datum so
+ * it can be compared with what a client sends, res->custom_loss C.
+ * metrics: loss:sum is the surrogate's value -sum(w * lp) (as the server
+ * reports it), tokens:sum, then the callback's metrics. Datums need
+ * target_tokens and logits (or hidden states); other inputs are passed
+ * through to fn unchecked. A non-finite loss or gradient from fn is an
+ * error (TL_ERR_CALLBACK, TL_ERR_VALUE).
+ */
+TL_API tl_status tl_forward_backward_custom(tl_ctx *ctx, tl_custom_loss_fn fn,
+                                            void *user, const tl_batch *batch,
+                                            const tl_results *res,
+                                            tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* The output projection of one hidden-state matrix                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Threads: the call's OpenMP team (TL_PARAM_THREADS) runs every sgemm
+ * itself, each thread calling OpenBLAS single-threaded on its own part of
+ * the product, so OpenBLAS and OpenMP never run at the same time and at
+ * most `threads` cores are busy. For the duration of the call, OpenBLAS is
+ * held at one thread per caller: with the OpenMP build of OpenBLAS through
+ * each worker's own nthreads ICV (nothing global changes); with the
+ * pthreads build through openblas_set_num_threads(1), the previous value
+ * being restored when the last concurrent call returns. The partition of
+ * every product is fixed by the block sizes, not by the thread count, so
+ * results are bitwise identical for any thread count. The workspace is
+ * the context's, kept between calls.
+ */
+
+/* The blocks a projection call uses. */
+typedef struct tl_head_blocks {
+    int64_t block_tokens;   /* tokens per block */
+    int64_t block_vocab;    /* vocabulary entries per block; with fewer
+                               than vocab, the logits of a block are
+                               computed twice (once for the normaliser,
+                               once for the gradient): one product more */
+    size_t workspace_bytes; /* the workspace they take */
+} tl_head_blocks;
+
+/*
+ * The blocks a call over `rows` tokens (k targets each) would use with
+ * the context's TL_PARAM_WORKSPACE_BYTES, TL_PARAM_BLOCK_TOKENS and
+ * TL_PARAM_BLOCK_VOCAB. Chosen blocks: min(rows, 256) tokens with the
+ * whole vocabulary if that fits the budget, else as many tokens as fit
+ * (at least min(rows, 16)), else min(rows, 16) tokens and the vocabulary
+ * in as few blocks of equal size as fit. The workspace holds the logits
+ * block, the block's hidden states and their gradient, and per-row state;
+ * only per-token results (about 40 bytes per token) are allocated besides.
  * Errors: TL_ERR_SIZE when the blocks asked for, or the smallest blocks
- * (1 token, 16 entries), need more than workspace_bytes; TL_ERR_NULL,
+ * (1 token, 16 entries), need more than the budget; TL_ERR_NULL,
  * TL_ERR_SIZE for the head.
  */
-TL_API tl_status tl_head_plan(const tl_head *head, int64_t rows, int64_t k,
-                              const tl_head_options *ho,
-                              int64_t *block_tokens, int64_t *block_vocab,
-                              size_t *workspace_bytes, tl_error *err);
+TL_API tl_status tl_head_plan(tl_ctx *ctx, const tl_head *head, int64_t rows,
+                              int64_t k, tl_head_blocks *blocks,
+                              tl_error *err);
 
 /*
  * Target logprobs (and optionally lse, entropy) of hidden states through
- * the head, as tl_logprobs_multi of the logits hidden @ weight^T + bias
- * (divided by opts->temperature). targets [rows, k], logprobs [rows, k],
- * lse and entropy [rows] (may be NULL).
- * Errors: as tl_logprobs_multi; TL_ERR_BAD_ROW names "hidden" and the row
+ * the head, as tl_logprobs of the logits hidden @ weight^T + bias.
+ * targets [rows, k].
+ * Errors: as tl_logprobs; TL_ERR_BAD_ROW names "hidden" and the row
  * whose logits have NaN/+inf, are all -inf (a -inf bias masks an entry) or
- * have a -inf target.
+ * give a target probability 0.
  */
-TL_API tl_status tl_head_logprobs(const tl_head *head,
+TL_API tl_status tl_head_logprobs(tl_ctx *ctx, const tl_head *head,
                                   const tl_hidden *hidden,
                                   const int64_t *targets, int64_t k,
-                                  const tl_options *opts,
-                                  const tl_head_options *ho, float *logprobs,
-                                  float *lse, float *entropy, tl_error *err);
+                                  const tl_logprobs_out *out, tl_error *err);
 
 /*
  * Backward through the head for upstream g [rows, k] = dL/dlogprobs (from
  * any loss, e.g. a custom one): with G = dL/dlogits (see
- * tl_logprobs_backward_multi),
+ * tl_logprobs_backward),
  *   grad hidden = G @ weight,  grad weight = G^T @ hidden,
  *   grad bias = column sums of G.
  * grads->hidden, if not NULL, has one entry: the [rows, dim] output.
@@ -626,47 +667,11 @@ TL_API tl_status tl_head_logprobs(const tl_head *head,
  * (TL_ERR_BAD_ROW, TL_ERR_VALUE for an overflow) the gradient outputs are
  * unspecified.
  */
-TL_API tl_status tl_head_backward(const tl_head *head,
+TL_API tl_status tl_head_backward(tl_ctx *ctx, const tl_head *head,
                                   const tl_hidden *hidden,
                                   const int64_t *targets, int64_t k,
-                                  const float *g, const tl_options *opts,
-                                  const tl_head_options *ho,
-                                  const tl_head_grads *grads, tl_error *err);
-
-/*
- * tl_forward_backward through the head: datum i's logits are
- * hidden[i] @ weight^T + bias (hidden[i].rows == N_i; datum logits are
- * ignored). Forward, loss and backward run in one pass over the blocks:
- * with the whole vocabulary in a block, the three products hidden @ W^T,
- * G @ W and G^T @ hidden are each computed once. logprobs and metrics as
- * tl_forward_backward; grads may be NULL (forward only).
- * Errors: as tl_forward_backward and tl_head_backward; err->arg names
- * "data[i].hidden" for a bad row.
- */
-TL_API tl_status tl_head_forward_backward(const tl_loss_config *cfg,
-                                          const tl_head *head,
-                                          const tl_datum *data,
-                                          const tl_hidden *hidden,
-                                          int64_t ndata,
-                                          const tl_options *opts,
-                                          const tl_head_options *ho,
-                                          float *const *logprobs,
-                                          const tl_head_grads *grads,
-                                          tl_metrics *metrics,
-                                          tl_error *err);
-
-/*
- * tl_forward_backward_custom through the head: a forward pass, the
- * callback, then tl_head_backward of its gradient over the batch (the
- * same surrogate, weights, loss and metrics as there).
- */
-TL_API tl_status tl_head_forward_backward_custom(
-    tl_custom_loss_fn fn, void *user, const tl_head *head,
-    const tl_datum *data, const tl_hidden *hidden, int64_t ndata,
-    const tl_options *opts, const tl_head_options *ho,
-    float *const *logprobs, const tl_head_grads *grads,
-    float *const *weights, double *custom_loss, tl_metrics *metrics,
-    tl_error *err);
+                                  const float *g, const tl_head_grads *grads,
+                                  tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* KL estimators and RL helpers                                              */
@@ -734,20 +739,25 @@ TL_API void tl_datum_buf_free(tl_datum_buf *d);
  * advantages) for importance_sampling/ppo/cispo/dro; logits empty. */
 TL_API tl_datum tl_datum_buf_view(const tl_datum_buf *d);
 
+/* A single-turn sample: the prompt, the sampled response and its sampler
+ * logprobs (the lengths must agree: a mismatch is TL_ERR_SHAPE). */
+typedef struct tl_sample {
+    const int64_t *prompt;
+    int64_t prompt_len;          /* >= 1 */
+    const int64_t *response;
+    int64_t response_len;        /* >= 0 */
+    const float *response_logprobs;
+    int64_t response_logprobs_len;
+} tl_sample;
+
 /*
- * Single-turn sample: full = prompt + response, advantages
+ * Single-turn sample to a datum: full = prompt + response, advantages
  * [0] * (prompt_len - 1) + [advantage] * response_len, logprobs padded the
- * same way with 0. response_logprobs_len must equal response_len
- * (TL_ERR_SHAPE), every response logprob must be a number (NaN/+inf:
- * TL_ERR_MISSING), prompt_len >= 1 and prompt_len + response_len >= 2.
+ * same way with 0, mask 1 on the response. Every response logprob must be
+ * a number (NaN/+inf: TL_ERR_MISSING), prompt_len + response_len >= 2.
  * On success *out owns new arrays; on error *out is zeroed.
  */
-TL_API tl_status tl_datum_from_sample(const int64_t *prompt,
-                                      int64_t prompt_len,
-                                      const int64_t *response,
-                                      int64_t response_len,
-                                      const float *response_logprobs,
-                                      int64_t response_logprobs_len,
+TL_API tl_status tl_datum_from_sample(const tl_sample *sample,
                                       float advantage, tl_datum_buf *out,
                                       tl_error *err);
 
@@ -792,13 +802,15 @@ typedef enum tl_isa {
 /* Highest tier this CPU and OS support (CPUID and XGETBV). */
 TL_API tl_isa tl_isa_best(void);
 
-/* Tier in use. Chosen at first use: the best supported tier, lowered by the
+/* The process's tier: the default of contexts whose TL_PARAM_ISA is -1.
+ * Chosen at first use: the best supported tier, lowered by the
  * environment variable TL_ISA=scalar|avx2|avx512 if set (a value above the
  * supported tier, or an unknown value, is ignored). */
 TL_API tl_isa tl_isa_active(void);
 
-/* Force a tier for all later calls (process-wide). TL_ERR_UNSUPPORTED if
- * the CPU lacks it, TL_ERR_VALUE for an unknown value. */
+/* Set the process's tier (for every context whose TL_PARAM_ISA is -1).
+ * TL_ERR_UNSUPPORTED if the CPU lacks it, TL_ERR_VALUE for an unknown
+ * value. */
 TL_API tl_status tl_isa_set(tl_isa isa);
 
 /* "scalar", "avx2", "avx512"; "unknown" for other values. */
@@ -807,9 +819,9 @@ TL_API const char *tl_isa_name(tl_isa isa);
 /* Parse a tier name as accepted by TL_ISA. TL_ERR_VALUE if unknown. */
 TL_API tl_status tl_isa_parse(const char *name, tl_isa *isa);
 
-/* Global default thread count for calls whose options say threads = 0.
- * 0 restores the OpenMP default (omp_get_max_threads()). Negative values
- * are TL_ERR_VALUE. */
+/* The process's thread count: the default of contexts whose
+ * TL_PARAM_THREADS is 0. 0 restores the OpenMP default
+ * (omp_get_max_threads()). Negative values are TL_ERR_VALUE. */
 TL_API tl_status tl_set_num_threads(int threads);
 TL_API int tl_get_num_threads(void);
 

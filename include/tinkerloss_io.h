@@ -47,21 +47,72 @@ typedef void (*tl_case_fn)(void *user, const tl_case_report *report);
  * Check every case of a fixture file (format tinkerloss.golden.v1). A case
  * whose content is malformed fails with the JSON path in its detail; the
  * other cases are still checked. *passed and *failed (may be NULL) count
- * cases. Returns TL_OK when the file could be read as a fixture file
+ * cases. A case's temperature applies to it alone (the context's
+ * threads, tier and input limit apply to all). Returns TL_OK when the file could be read as a fixture file
  * (whatever the verdicts), else an error naming the path: TL_ERR_IO
  * (unreadable), TL_ERR_JSON (not JSON, or not a fixture file).
  */
-TL_API tl_status tl_fixture_check_file(const char *path, tl_case_fn fn,
-                                       void *user, int64_t *passed,
-                                       int64_t *failed, tl_error *err);
+TL_API tl_status tl_fixture_check_file(tl_ctx *ctx, const char *path,
+                                       tl_case_fn fn, void *user,
+                                       int64_t *passed, int64_t *failed,
+                                       tl_error *err);
 
 /* The same from a JSON text in memory. */
-TL_API tl_status tl_fixture_check_text(const char *text, tl_case_fn fn,
-                                       void *user, int64_t *passed,
-                                       int64_t *failed, tl_error *err);
+TL_API tl_status tl_fixture_check_text(tl_ctx *ctx, const char *text,
+                                       tl_case_fn fn, void *user,
+                                       int64_t *passed, int64_t *failed,
+                                       tl_error *err);
 
-/* Called for each finding (text names the datum and position) or note. */
-typedef void (*tl_line_fn)(void *user, int is_finding, const char *text);
+/* What a verification found: problems, and notes that are not. */
+typedef enum tl_finding_kind {
+    /* problems */
+    TL_FINDING_REQUEST = 1,   /* a datum's inputs fail the library's checks
+                                 (message: the error) */
+    TL_FINDING_TOKEN = 2,     /* a model_input token is negative */
+    TL_FINDING_LENGTH = 3,    /* model_input and target_tokens have
+                                 different lengths (server: the input's,
+                                 recomputed: the targets') */
+    TL_FINDING_SHIFT = 4,     /* target_tokens is not model_input shifted by
+                                 one (server: the target, recomputed: the
+                                 input token); count: how many positions */
+    TL_FINDING_OUTPUTS = 5,   /* a response's logprobs do not have one value
+                                 per target (server: their count) */
+    TL_FINDING_LOSS = 6,      /* the loss cannot be recomputed from the
+                                 response's logprobs (message: why) */
+    TL_FINDING_METRIC = 7,    /* a metric differs beyond the tolerance */
+    TL_FINDING_METRIC_TYPE = 8, /* a response metric is not a number */
+    TL_FINDING_NO_LOSS = 9,   /* the response has no loss:sum (recomputed:
+                                 its value) */
+    /* notes */
+    TL_NOTE_METRIC = 100,     /* a metric that agrees */
+    TL_NOTE_UNCHECKED = 101,  /* a metric tinkerloss does not compute
+                                 (server: its value) */
+    TL_NOTE_SKIPPED = 102,    /* the loss was not recomputed: the request
+                                 is not consistent */
+    TL_NOTE_GAP = 103         /* a sampler/trainer gap the response does
+                                 not report (name, recomputed) */
+} tl_finding_kind;
+
+/* One finding, as data: the caller words it. */
+typedef struct tl_finding {
+    tl_finding_kind kind;
+    int is_note;         /* 1 for the TL_NOTE_ kinds */
+    char path[160];      /* the JSON path of the value at fault, e.g.
+                            "request.data[3].loss_fn_inputs.target_tokens",
+                            "response.metrics.loss:sum"; "" if none */
+    char name[64];       /* the metric's name, or "" */
+    int64_t datum;       /* -1 if none */
+    int64_t position;    /* -1 if none */
+    int64_t count;       /* values this finding stands for (>= 1) */
+    double server;       /* the response's (or request's) value, or NaN */
+    double recomputed;   /* tinkerloss's value, or NaN */
+    double tolerance;    /* the bound |server - recomputed| is held to, or
+                            NaN */
+    char message[256];   /* the library's error (REQUEST, LOSS), or "" */
+} tl_finding;
+
+/* Called for each finding, in order. */
+typedef void (*tl_finding_fn)(void *user, const tl_finding *f);
 
 /*
  * Verify a dump of a real Tinker call:
@@ -70,17 +121,18 @@ typedef void (*tl_line_fn)(void *user, int is_finding, const char *text);
  * Checks the request's consistency (lengths, target_tokens equal to
  * model_input shifted by one where they overlap, tokens >= 0, finite
  * values), recomputes the loss and metrics from the server's logprobs and
- * compares them (element tolerance atol = rtol = 1e-5; scalar metrics
- * atol * T + rtol * |expected|, T target tokens). Each disagreement or
- * inconsistency is a finding; metrics the library does not compute and the
- * sampler/trainer gaps are notes. *findings (may be NULL) counts findings.
- * Returns TL_OK when the dump could be read (findings or not), else
- * TL_ERR_IO or TL_ERR_JSON naming the path.
+ * compares them (scalar metrics within atol * T + rtol * |expected|, T
+ * target tokens, atol = rtol = 1e-5). Each disagreement or inconsistency
+ * is a finding (fn gets each, with the notes); *problems (may be NULL)
+ * counts the problems, not the notes. Returns TL_OK when the dump could be
+ * read (problems or not), else TL_ERR_IO or TL_ERR_JSON naming the path.
  */
-TL_API tl_status tl_verify_file(const char *path, tl_line_fn fn, void *user,
-                                int64_t *findings, tl_error *err);
-TL_API tl_status tl_verify_text(const char *text, tl_line_fn fn, void *user,
-                                int64_t *findings, tl_error *err);
+TL_API tl_status tl_verify_file(tl_ctx *ctx, const char *path,
+                                tl_finding_fn fn, void *user,
+                                int64_t *problems, tl_error *err);
+TL_API tl_status tl_verify_text(tl_ctx *ctx, const char *text,
+                                tl_finding_fn fn, void *user,
+                                int64_t *problems, tl_error *err);
 
 /*
  * Compute the ForwardBackwardOutput a server should answer for a request
@@ -92,13 +144,13 @@ TL_API tl_status tl_verify_text(const char *text, tl_line_fn fn, void *user,
  *    "loss_fn_outputs": [{"logprobs": TENSOR}, ...],
  *    "metrics": {...},
  *    "grad_logits": [TENSOR, ...]}        (only with with_grads)
- * to be released with tl_free. opts: temperature and threads.
+ * to be released with tl_free. The context's temperature, threads and
+ * tier apply.
  */
-TL_API tl_status tl_compute_file(const char *request_path,
+TL_API tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                                  const char *const *logits_paths,
-                                 int64_t nlogits, const tl_options *opts,
-                                 int with_grads, char **out_json,
-                                 tl_error *err);
+                                 int64_t nlogits, int with_grads,
+                                 char **out_json, tl_error *err);
 
 /* Limits that protect the caller: a file or text larger than this many
  * bytes (default 4 GiB), a tensor whose dense form would take more memory
@@ -106,7 +158,8 @@ TL_API tl_status tl_compute_file(const char *request_path,
  * shorter than its shape says, or
  * JSON nested deeper than jansson's limit (2048) is refused with an error
  * (TL_ERR_SIZE, TL_ERR_JSON) before any large allocation. 0 restores the
- * default. Process-wide. */
+ * default. The process's limit: the default of contexts whose
+ * TL_PARAM_IO_MAX_BYTES is 0. */
 TL_API void tl_io_set_max_bytes(uint64_t bytes);
 TL_API uint64_t tl_io_max_bytes(void);
 

@@ -31,13 +31,11 @@ int tl__thread_num(void);
 /* Kernel table of a given tier, or NULL if the CPU does not support it. */
 const tl_kernels *tl__kernels_for(tl_isa isa);
 
-/* Resolve the thread count for a call: opts->threads, else the global
- * setting, else the OpenMP default; never more than `work` (>= 1). */
-int tl__threads(const tl_options *opts, int64_t work);
-
-/* Validate options; fills defaults when opts is NULL. */
-tl_status tl__check_options(const tl_options *opts, tl_options *out,
-                            tl_error *err);
+/* The library's allocations (counted: tl__alloc_count, for the tests of
+ * contexts that are reused); released with free. */
+void *tl__malloc(size_t bytes);
+void *tl__calloc(size_t n, size_t size);
+uint64_t tl__alloc_count(void);
 
 /* Validate a logits view (pointers, sizes, stride, overflow, dtype).
  * `name` is the argument name used in messages. */
@@ -52,17 +50,23 @@ tl_status tl__check_extent(int64_t rows, int64_t vocab, int64_t stride,
 /* Targets per row: 1 <= k <= TL_MAX_TARGETS, else TL_ERR_SIZE. */
 tl_status tl__check_k(int64_t k, tl_error *err);
 
-/* tl_logprobs_multi and tl_logprobs_backward_multi after the checks of
- * options, logits, k (and grad), with failed rows reported under `name`
- * (e.g. "data[1].logits"). */
-tl_status tl__logprobs_named(const tl_logits *logits, const int64_t *targets,
-                             int64_t k, const tl_options *o,
-                             const char *name, float *logprobs, float *lse,
-                             float *entropy, tl_error *err);
-tl_status tl__backward_named(const tl_logits *logits, const int64_t *targets,
-                             int64_t k, const float *g, const float *ge,
-                             const tl_options *o, const tl_grad *grad,
-                             const char *name, tl_error *err);
+/* tl_logprobs and tl_logprobs_backward with failed rows reported under
+ * `name` (e.g. "data[1].logits"). */
+tl_status tl__logprobs_named(tl_ctx *ctx, const tl_logits *logits,
+                             const int64_t *targets, int64_t k,
+                             const char *name, const tl_logprobs_out *out,
+                             tl_error *err);
+tl_status tl__backward_named(tl_ctx *ctx, const tl_logits *logits,
+                             const int64_t *targets, int64_t k,
+                             const float *g, const float *ge,
+                             const tl_grad *grad, const char *name,
+                             tl_error *err);
+
+/* A projection head (weight [vocab, dim] within OpenBLAS's 32-bit sizes),
+ * and the hidden states of `rows` rows for it, named `name`. */
+tl_status tl__check_head(const tl_head *h, tl_error *err);
+tl_status tl__check_hidden(const tl_hidden *hd, const tl_head *h,
+                           int64_t rows, const char *name, tl_error *err);
 
 /* Validate a gradient buffer against the logits it belongs to. */
 tl_status tl__check_grad(const tl_grad *gr, const tl_logits *lg,

@@ -475,6 +475,26 @@ tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
 
 /* ---- evaluation from given logprobs -------------------------------------- */
 
+tl_status tl__eval_datum(const tl_loss_config *cfg, const tl_datum *d,
+                         int64_t i, const float *lp, const char *lp_name,
+                         tl_error *err)
+{
+    tl_datum_shape sh = {0, 0};
+    tl_status s;
+    if ((s = tl__check_datum(cfg, d, i, 0, &sh, err)) ||
+        (s = tl__check_finite(lp, sh.n * sh.k, lp_name, err)))
+        return s;
+    for (int64_t t = 0; t < sh.n * sh.k; t++) {
+        tl_tokin in;
+        double loss, dlp;
+        tl__token_inputs(cfg, d, t, sh.k, &in);
+        tl__loss_token(cfg, (double)lp[t], &in, &loss, &dlp);
+        if (tl__loss_overflows(loss, dlp))
+            return tl__loss_overflow_error(cfg, i, t, (double)lp[t], &in, err);
+    }
+    return TL_OK;
+}
+
 tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
                        int64_t ndata, const float *const *logprobs,
                        float *const *grad_logprobs, tl_metrics *metrics,

@@ -41,6 +41,12 @@ tl_status tl__loss_overflow_error(const tl_loss_config *cfg, int64_t datum,
                                   int64_t token, double lp,
                                   const tl_tokin *in, tl_error *err);
 
+/* Datum i of a verification with its logprobs lp (named lp_name): checked
+ * as tl_loss_eval checks it, every token's loss finite. */
+tl_status tl__eval_datum(const tl_loss_config *cfg, const tl_datum *d,
+                         int64_t i, const float *lp, const char *lp_name,
+                         tl_error *err);
+
 /* Metric accumulator, fed in datum/token order. */
 typedef struct tl_lossacc {
     double loss;

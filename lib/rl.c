@@ -238,11 +238,11 @@ static int seq_to_datum(const seqbuf *s, tl_datum_buf *d)
     memset(d, 0, sizeof *d);
     const int64_t n = s->len - 1;
     d->n = n;
-    d->input_tokens = malloc((size_t)n * sizeof *d->input_tokens);
-    d->target_tokens = malloc((size_t)n * sizeof *d->target_tokens);
-    d->logprobs = malloc((size_t)n * sizeof *d->logprobs);
-    d->advantages = malloc((size_t)n * sizeof *d->advantages);
-    d->mask = malloc((size_t)n * sizeof *d->mask);
+    d->input_tokens = tl__malloc((size_t)n * sizeof *d->input_tokens);
+    d->target_tokens = tl__malloc((size_t)n * sizeof *d->target_tokens);
+    d->logprobs = tl__malloc((size_t)n * sizeof *d->logprobs);
+    d->advantages = tl__malloc((size_t)n * sizeof *d->advantages);
+    d->mask = tl__malloc((size_t)n * sizeof *d->mask);
     if (!d->input_tokens || !d->target_tokens || !d->logprobs ||
         !d->advantages || !d->mask) {
         tl_datum_buf_free(d);
@@ -304,15 +304,19 @@ static tl_status check_tokens_nonneg(const int64_t *tok, int64_t len,
     return TL_OK;
 }
 
-tl_status tl_datum_from_sample(const int64_t *prompt, int64_t prompt_len,
-                               const int64_t *response, int64_t response_len,
-                               const float *response_logprobs,
-                               int64_t response_logprobs_len, float advantage,
+tl_status tl_datum_from_sample(const tl_sample *sample, float advantage,
                                tl_datum_buf *out, tl_error *err)
 {
     if (!out)
         return tl__fail(err, TL_ERR_NULL, "out", -1, "out is NULL");
     memset(out, 0, sizeof *out);
+    if (!sample)
+        return tl__fail(err, TL_ERR_NULL, "sample", -1, "sample is NULL");
+    const int64_t *prompt = sample->prompt, *response = sample->response;
+    const int64_t prompt_len = sample->prompt_len;
+    const int64_t response_len = sample->response_len;
+    const float *response_logprobs = sample->response_logprobs;
+    const int64_t response_logprobs_len = sample->response_logprobs_len;
     tl_status s;
     if (prompt_len < 1)
         return tl__fail(err, TL_ERR_SIZE, "prompt", -1,

@@ -67,7 +67,7 @@ tl_status tl__ok(tl_error *err)
 
 const char *tl_version(void)
 {
-    return "0.1.0";
+    return TL_VERSION_STRING;
 }
 
 /* ---- ISA dispatch -------------------------------------------------------- */
@@ -181,14 +181,6 @@ int tl__thread_num(void)
 #else
     return 0;
 #endif
-}
-
-int tl__threads(const tl_options *opts, int64_t work)
-{
-    int t = opts && opts->threads > 0 ? opts->threads : tl_get_num_threads();
-    if (work < t)
-        t = work < 1 ? 1 : (int)work;
-    return t;
 }
 
 /* ---- bfloat16 -------------------------------------------------------------- */

@@ -82,8 +82,8 @@ tl_status tl_pad_logprobs(int64_t prompt_len, const float *response_logprobs,
     return tl__ok(err);
 }
 
-tl_status tl_sequence_logprobs(const tl_logits *logits, const int64_t *tokens,
-                               const tl_options *opts, float *out,
+tl_status tl_sequence_logprobs(tl_ctx *ctx, const tl_logits *logits,
+                               const int64_t *tokens, float *out,
                                tl_error *err)
 {
     tl_status s;
@@ -98,11 +98,12 @@ tl_status tl_sequence_logprobs(const tl_logits *logits, const int64_t *tokens,
     /* rows 0 .. L-2 predict tokens 1 .. L-1: a view, no copy */
     tl_logits view = *logits;
     view.rows = logits->rows - 1;
-    return tl_logprobs(&view, tokens + 1, opts, out, NULL, NULL, err);
+    const tl_logprobs_out o = {out, NULL, NULL};
+    return tl_logprobs(ctx, &view, tokens + 1, 1, &o, err);
 }
 
-tl_status tl_compute_logprobs(const tl_logits *logits, const int64_t *tokens,
-                              const tl_options *opts, float *out,
+tl_status tl_compute_logprobs(tl_ctx *ctx, const tl_logits *logits,
+                              const int64_t *tokens, float *out,
                               tl_error *err)
 {
     tl_status s;
@@ -110,7 +111,7 @@ tl_status tl_compute_logprobs(const tl_logits *logits, const int64_t *tokens,
         return s;
     if (logits->rows >= 1 && !out)
         return tl__fail(err, TL_ERR_NULL, "out", -1, "out is NULL");
-    s = tl_sequence_logprobs(logits, tokens, opts, out ? out + 1 : NULL, err);
+    s = tl_sequence_logprobs(ctx, logits, tokens, out ? out + 1 : NULL, err);
     if (s == TL_OK)
         out[0] = NAN; /* no context for the first token */
     return s;

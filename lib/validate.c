@@ -4,30 +4,6 @@
 #include <math.h>
 #include <stdint.h>
 
-tl_options tl_options_default(void)
-{
-    tl_options o;
-    o.temperature = 1.0;
-    o.threads = 0;
-    o.entropy = 0;
-    return o;
-}
-
-tl_status tl__check_options(const tl_options *opts, tl_options *out,
-                            tl_error *err)
-{
-    *out = opts ? *opts : tl_options_default();
-    const double t = out->temperature;
-    if (!(t >= TL_MIN_TEMPERATURE && t <= TL_MAX_TEMPERATURE))
-        return tl__fail(err, TL_ERR_VALUE, "temperature", -1,
-                        "temperature must be finite and in [%g, %g], got %g",
-                        TL_MIN_TEMPERATURE, TL_MAX_TEMPERATURE, t);
-    if (out->threads < 0)
-        return tl__fail(err, TL_ERR_VALUE, "threads", -1,
-                        "threads must be >= 0, got %d", out->threads);
-    return TL_OK;
-}
-
 static size_t dtype_size(tl_dtype d)
 {
     return d == TL_BF16 ? sizeof(uint16_t) : sizeof(float);
@@ -138,5 +114,58 @@ tl_status tl__check_finite(const float *x, int64_t n, const char *name,
             return tl__fail(err, TL_ERR_VALUE, name, i,
                             "%s[%lld] = %g is not finite", name,
                             (long long)i, (double)x[i]);
+    return TL_OK;
+}
+
+tl_status tl__check_head(const tl_head *h, tl_error *err)
+{
+    if (!h)
+        return tl__fail(err, TL_ERR_NULL, "head", -1, "head is NULL");
+    if (h->vocab < 1 || h->dim < 1)
+        return tl__fail(err, TL_ERR_SIZE, "head", -1,
+                        "head.vocab (%lld) and head.dim (%lld) must be >= 1",
+                        (long long)h->vocab, (long long)h->dim);
+    if (h->stride < h->dim)
+        return tl__fail(err, TL_ERR_SIZE, "head.stride", -1,
+                        "head.stride %lld is less than head.dim %lld",
+                        (long long)h->stride, (long long)h->dim);
+    if (h->vocab > INT32_MAX || h->stride > INT32_MAX)
+        return tl__fail(err, TL_ERR_SIZE, "head", -1,
+                        "head.vocab and head.stride must fit OpenBLAS's "
+                        "32-bit sizes");
+    tl_status s = tl__check_extent(h->vocab, h->dim, h->stride, TL_F32,
+                                   "head", err);
+    if (s)
+        return s;
+    if (!h->weight)
+        return tl__fail(err, TL_ERR_NULL, "head.weight", -1,
+                        "head.weight is NULL");
+    return TL_OK;
+}
+
+tl_status tl__check_hidden(const tl_hidden *hd, const tl_head *h,
+                              int64_t rows, const char *name, tl_error *err)
+{
+    if (!hd)
+        return tl__fail(err, TL_ERR_NULL, name, -1, "%s is NULL", name);
+    if (hd->rows != rows)
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s has %lld rows, expected %lld (one per target "
+                        "position)", name, (long long)hd->rows,
+                        (long long)rows);
+    if (rows == 0)
+        return TL_OK;
+    if (hd->stride < h->dim)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s.stride %lld is less than head.dim %lld", name,
+                        (long long)hd->stride, (long long)h->dim);
+    tl_status s = tl__check_extent(rows, h->dim, hd->stride, TL_F32, name,
+                                   err);
+    if (s)
+        return s;
+    if (!hd->data)
+        return tl__fail(err, TL_ERR_NULL, name, -1,
+                        "%s.data is NULL with %lld rows", name,
+                        (long long)rows);
     return TL_OK;
 }

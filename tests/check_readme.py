@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compile and run every C example of README.md against the built library:
 the documentation must match the code.
-usage: check_readme.py README CC INCLUDE_DIR LIBRARY [EXTRA_FLAG...]"""
+usage: check_readme.py README CC INCLUDE_DIR GENERATED_DIR LIBRARY
+                       [EXTRA_FLAG...]"""
 import os
 import re
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 
 
-def main(readme, cc, inc, lib, *extra):
+def main(readme, cc, inc, gen, lib, *extra):
     with open(readme, encoding="utf-8") as f:
         blocks = re.findall(r"```c\n(.*?)```", f.read(), re.S)
     if not blocks:
@@ -22,6 +23,7 @@ def main(readme, cc, inc, lib, *extra):
             with open(src, "w", encoding="utf-8") as f:
                 f.write(code)
             cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", inc,
+                   "-I", gen,
                    src, lib, "-fopenmp", "-ljansson", "-lopenblas", "-lm",
                    "-lpthread",
                    *extra, "-o", exe]

@@ -3,6 +3,7 @@
 #ifndef TL_TEST_COMMON_H
 #define TL_TEST_COMMON_H
 
+#include "calls.h"
 #include "tinkerloss.h"
 
 #include <check.h>

@@ -43,7 +43,7 @@ static void run_grad(const gshape_t *sh, tl_dtype in, tl_dtype outd,
     }
     tl_logits lg = {in == TL_BF16 ? (const void *)xb : (const void *)x, in,
                     n, v, st};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = sh->temp;
     /* one extra row of sentinels after the buffer */
     const size_t es = outd == TL_BF16 ? 2 : 4;
@@ -64,7 +64,7 @@ static void run_grad(const gshape_t *sh, tl_dtype in, tl_dtype outd,
         }
         tl_grad gr = {out, outd, st};
         tl_error err;
-        ck_assert_int_eq(tl_logprobs_backward(&lg, t, g,
+        ck_assert_int_eq(t_logprobs_backward(&lg, t, g,
                                               sh->entropy ? ge : NULL, &o,
                                               &gr, &err), TL_OK);
         for (int64_t k = 0; k < total; k++)
@@ -150,9 +150,9 @@ START_TEST(test_bf16_grad_is_rounded_f32_grad)
         ck_assert_int_eq(tl_isa_set(tiers[ti]), TL_OK);
         for (int e = 0; e < 2; e++) {
             tl_grad a = {gf, TL_F32, v}, b = {gb, TL_BF16, v};
-            ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, e ? ge : NULL,
+            ck_assert_int_eq(t_logprobs_backward(&lg, t, g, e ? ge : NULL,
                                                   NULL, &a, NULL), TL_OK);
-            ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, e ? ge : NULL,
+            ck_assert_int_eq(t_logprobs_backward(&lg, t, g, e ? ge : NULL,
                                                   NULL, &b, NULL), TL_OK);
             for (int64_t k = 0; k < n * v; k++)
                 ck_assert_msg(gb[k] == tl_f32_to_bf16(gf[k]),
@@ -193,11 +193,11 @@ static void check_relative(const float *x, int64_t v, int64_t target,
     const tl_logits lg = {ldt == TL_BF16 ? (const void *)xb : (const void *)x,
                           ldt, 1, v, v};
     const tl_grad gr = {gdt == TL_BF16 ? (void *)ob : (void *)out, gdt, v};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = t;
     o.threads = 1;
     const float gf = (float)g, gef = (float)ge;
-    ck_assert_int_eq(tl_logprobs_backward(&lg, &target, &gf,
+    ck_assert_int_eq(t_logprobs_backward(&lg, &target, &gf,
                                           ge != 0.0 ? &gef : NULL, &o, &gr,
                                           NULL), TL_OK);
     ref_grad_row(xr, v, t, target, (double)gf, (double)gef, ref);
@@ -309,7 +309,7 @@ START_TEST(test_target_element_near_one)
         float out[2];
         const tl_logits lg = {x, TL_F32, 1, 2, 2};
         const tl_grad gr = {out, TL_F32, 2};
-        ck_assert_int_eq(tl_logprobs_backward(&lg, &t, &g, NULL, NULL, &gr,
+        ck_assert_int_eq(t_logprobs_backward(&lg, &t, &g, NULL, NULL, &gr,
                                               NULL), TL_OK);
         const double e = exp(-34.0), want = e / (1.0 + e);
         ck_assert_msg(fabs(out[0] - want) <= GRAD_REL * want,
@@ -334,11 +334,11 @@ START_TEST(test_finite_differences)
         x[k] = (float)rng_normal(&r);
     for (int ti = 0; ti < 2; ti++)
         for (int e = 0; e < 2; e++) {
-            tl_options o = tl_options_default();
+            t_opts o = t_opts_default();
             o.temperature = temps[ti];
             tl_logits lg = {x, TL_F32, n, v, v};
             tl_grad gr = {gfd, TL_F32, v};
-            ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, e ? ge : NULL,
+            ck_assert_int_eq(t_logprobs_backward(&lg, t, g, e ? ge : NULL,
                                                   &o, &gr, NULL), TL_OK);
             for (int64_t k = 0; k < n * v; k++) {
                 const float x0 = x[k], h = 1e-2f;
@@ -346,7 +346,7 @@ START_TEST(test_finite_differences)
                 for (int s = 0; s < 2; s++) {
                     x[k] = x0 + (s ? h : -h);
                     float lp[3], hh[3];
-                    ck_assert_int_eq(tl_logprobs(&lg, t, &o, lp, NULL, hh,
+                    ck_assert_int_eq(t_logprobs(&lg, t, &o, lp, NULL, hh,
                                                  NULL), TL_OK);
                     f[s] = 0.0;
                     for (int i = 0; i < 3; i++)
@@ -378,9 +378,9 @@ START_TEST(test_in_place)
     float *ref = malloc((size_t)(n * st) * sizeof *ref);
     tl_logits lx = {x, TL_F32, n, v, st};
     tl_grad gref = {ref, TL_F32, st}, gin = {x, TL_F32, st};
-    ck_assert_int_eq(tl_logprobs_backward(&lx, t, g, ge, NULL, &gref, NULL),
+    ck_assert_int_eq(t_logprobs_backward(&lx, t, g, ge, NULL, &gref, NULL),
                      TL_OK);
-    ck_assert_int_eq(tl_logprobs_backward(&lx, t, g, ge, NULL, &gin, NULL),
+    ck_assert_int_eq(t_logprobs_backward(&lx, t, g, ge, NULL, &gin, NULL),
                      TL_OK);
     for (int64_t i = 0; i < n; i++)
         ck_assert(memcmp(x + i * st, ref + i * st,
@@ -403,7 +403,7 @@ START_TEST(test_rows_sum_to_zero)
     float g = 1.5f, ge = -0.8f;
     tl_logits lg = {x, TL_F32, 1, v, v};
     tl_grad gd = {gr, TL_F32, v};
-    ck_assert_int_eq(tl_logprobs_backward(&lg, &t, &g, &ge, NULL, &gd, NULL),
+    ck_assert_int_eq(t_logprobs_backward(&lg, &t, &g, &ge, NULL, &gd, NULL),
                      TL_OK);
     double s = 0.0;
     for (int64_t j = 0; j < v; j++)

@@ -135,16 +135,16 @@ static void run_agreement(int fi, tl_dtype dt)
     tbatch b;
     const double temp = fi == 3 ? 0.8 : 1.0;
     make_batch(&b, fns[fi], 3, n, 1000, dt, 700 + (uint64_t)fi, temp);
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = temp;
     o.entropy = 1;
     tresult f, rf;
     alloc_result(&f, &b);
     alloc_result(&rf, &b);
     tl_error e;
-    ck_assert_msg(tl_forward_backward(&b.cfg, b.d, 3, &o, f.lp, f.gr, &f.m,
+    ck_assert_msg(t_forward_backward(&b.cfg, b.d, 3, &o, f.lp, f.gr, &f.m,
                                       &e) == TL_OK, "%s", e.message);
-    ck_assert_msg(tl_forward_backward_reference(&b.cfg, b.d, 3, &o, rf.lp,
+    ck_assert_msg(t_forward_backward_reference(&b.cfg, b.d, 3, &o, rf.lp,
                                                 rf.gr, &rf.m, &e) == TL_OK,
                   "%s", e.message);
     ck_assert_int_eq(f.m.count, rf.m.count);
@@ -229,13 +229,13 @@ END_TEST
 /* Value whose gradient the library returns: loss:sum, except for cispo
  * whose clamp(r) is a stop-gradient: there the ratio factors c are frozen
  * at their base values (c == NULL: record them). */
-static double fd_objective(tbatch *b, const tl_options *o, double *c, int fill)
+static double fd_objective(tbatch *b, const t_opts *o, double *c, int fill)
 {
     tl_metrics m;
     float *lp[MAXD];
     for (int i = 0; i < b->nd; i++)
         lp[i] = malloc((size_t)b->n[i] * sizeof(float));
-    ck_assert_int_eq(tl_forward_backward(&b->cfg, b->d, b->nd, o, lp, NULL,
+    ck_assert_int_eq(t_forward_backward(&b->cfg, b->d, b->nd, o, lp, NULL,
                                          &m, NULL), TL_OK);
     double f = *tl_metrics_get(&m, "loss:sum");
     if (!strcmp(b->fn, "cispo")) {
@@ -266,11 +266,11 @@ START_TEST(test_finite_differences)
         tbatch b;
         make_batch(&b, fns[_i], 2, n, 9, TL_F32, 900 + (uint64_t)_i,
                    temps[ti]);
-        tl_options o = tl_options_default();
+        t_opts o = t_opts_default();
         o.temperature = temps[ti];
         tresult res;
         alloc_result(&res, &b);
-        ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, &o, NULL, res.gr,
+        ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, &o, NULL, res.gr,
                                              NULL, NULL), TL_OK);
         for (int i = 0; i < 2; i++)
             for (int64_t t = 0; t < b.n[i]; t++)
@@ -327,11 +327,11 @@ START_TEST(test_forward_packed_threads)
     alloc_result(&base, &b);
     alloc_result(&fwd, &b);
     alloc_result(&pk, &b);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 3, NULL, base.lp,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 3, NULL, base.lp,
                                          base.gr, &base.m, NULL), TL_OK);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 3, NULL, fwd.lp, NULL,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 3, NULL, fwd.lp, NULL,
                                          &fwd.m, NULL), TL_OK);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, pd, 3, NULL, pk.lp, pk.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, pd, 3, NULL, pk.lp, pk.gr,
                                          &pk.m, NULL), TL_OK);
     for (int i = 0; i < 3; i++) {
         ck_assert(memcmp(base.lp[i], fwd.lp[i], (size_t)n[i] * 4) == 0);
@@ -347,10 +347,10 @@ START_TEST(test_forward_packed_threads)
               *tl_metrics_get(&fwd.m, "loss:sum"));
     for (int k = 0; k < 3; k++) {
         alloc_result(&th[k], &b);
-        tl_options o = tl_options_default();
+        t_opts o = t_opts_default();
         o.threads = k + 1;
         o.entropy = 1;
-        ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 3, &o, th[k].lp,
+        ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 3, &o, th[k].lp,
                                              th[k].gr, &th[k].m, NULL), TL_OK);
     }
     for (int k = 1; k < 3; k++) {
@@ -393,9 +393,9 @@ START_TEST(test_nk_through_logits)
     float *lps1[1] = {lp1}, *lps2[1] = {lp2};
     tl_grad gr1 = {g1, TL_F32, V}, gr2 = {g2, TL_F32, V};
     tl_metrics m1, m2;
-    ck_assert_int_eq(tl_forward_backward(&c, &d, 1, NULL, lps1, &gr1, &m1,
+    ck_assert_int_eq(t_forward_backward(&c, &d, 1, NULL, lps1, &gr1, &m1,
                                          NULL), TL_OK);
-    ck_assert_int_eq(tl_forward_backward_reference(&c, &d, 1, NULL, lps2,
+    ck_assert_int_eq(t_forward_backward_reference(&c, &d, 1, NULL, lps2,
                                                    &gr2, &m2, NULL), TL_OK);
     double gref[V];
     for (int i = 0; i < N; i++) {
@@ -477,7 +477,7 @@ START_TEST(test_custom_kl_ppo)
     float *weights[2] = {w0, w1};
     double c = 0.0;
     tl_error e;
-    ck_assert_msg(tl_forward_backward_custom(kl_ppo, &u, b.d, 2, NULL, res.lp,
+    ck_assert_msg(t_forward_backward_custom(kl_ppo, &u, b.d, 2, NULL, res.lp,
                                              res.gr, weights, &c, &res.m,
                                              &e) == TL_OK, "%s", e.message);
     ck_assert_int_eq(u.calls, 1);
@@ -506,7 +506,7 @@ START_TEST(test_custom_kl_ppo)
         }
         /* logits gradient = cross_entropy gradient with weights -g */
         tl_grad gr = hand.gr[i];
-        ck_assert_int_eq(tl_logprobs_backward(&b.d[i].logits, b.tok[i], g,
+        ck_assert_int_eq(t_logprobs_backward(&b.d[i].logits, b.tok[i], g,
                                               NULL, NULL, &gr, NULL), TL_OK);
         for (int64_t k = 0; k < n[i] * b.stride[i]; k++)
             ck_assert(close_rel(res.g[i][k], hand.g[i][k], 1e-6, 1e-9));
@@ -550,32 +550,32 @@ START_TEST(test_errors)
     tl_error e;
     /* logits rows disagree with target length */
     b.d[1].logits.rows = 3;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_SHAPE);
     ck_assert_str_eq(e.arg, "data[1].logits");
     b.d[1].logits.rows = 4;
     /* token outside the vocabulary */
     b.tok[1][2] = 100;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_TOKEN);
     ck_assert_str_eq(e.arg, "data[1].loss_fn_inputs.target_tokens");
     ck_assert_int_eq(e.index, 2);
     b.tok[1][2] = 99;
     /* gradient buffer too narrow; NULL logprobs output */
     res.gr[0].stride = 50;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, "grads[0]");
     res.gr[0].stride = b.stride[0];
     float *keep = res.lp[1];
     res.lp[1] = NULL;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_NULL);
     ck_assert_int_eq(e.index, 1);
     res.lp[1] = keep;
     /* NaN sampler logprob */
     b.q[0][1] = NAN;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_MISSING);
     ck_assert_str_eq(e.arg, "data[0].loss_fn_inputs.logprobs");
     ck_assert_int_eq(e.index, 1);
@@ -585,9 +585,9 @@ START_TEST(test_errors)
         res.g[1][k] = SENTINEL_F;
     b.x[1][2 * b.stride[1] + 7] = NAN;
     for (int fused = 0; fused < 2; fused++) {
-        tl_status s = fused ? tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp,
+        tl_status s = fused ? t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp,
                                                   res.gr, &res.m, &e)
-                            : tl_forward_backward_reference(
+                            : t_forward_backward_reference(
                                   &b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                   &res.m, &e);
         ck_assert_int_eq(s, TL_ERR_BAD_ROW);
@@ -600,7 +600,7 @@ START_TEST(test_errors)
     /* a ratio exp(lp - q) overflowing float32: an error naming the token,
      * NaN in that row's gradient */
     b.q[1][2] = -500.0f; /* A != 0 there (every fifth A is 0) */
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, NULL, res.lp, res.gr,
                                          &res.m, &e), TL_ERR_VALUE);
     ck_assert_int_eq(e.index, 2);
     ck_assert_msg(strstr(e.message, "data[1] token 2") &&
@@ -610,40 +610,40 @@ START_TEST(test_errors)
     /* stray input */
     tl_datum stray[2] = {b.d[0], b.d[1]};
     stray[0].weights = tl_tensor_1d(b.w[0], TL_F32, 3);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, stray, 2, NULL, res.lp,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, stray, 2, NULL, res.lp,
                                          res.gr, &res.m, &e), TL_ERR_CONFIG);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, -1, NULL, NULL, NULL,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, -1, NULL, NULL, NULL,
                                          NULL, &e), TL_ERR_SIZE);
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, NULL, 2, NULL, NULL, NULL,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, NULL, 2, NULL, NULL, NULL,
                                          NULL, &e), TL_ERR_NULL);
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = 0;
-    ck_assert_int_eq(tl_forward_backward(&b.cfg, b.d, 2, &o, NULL, NULL, NULL,
+    ck_assert_int_eq(t_forward_backward(&b.cfg, b.d, 2, &o, NULL, NULL, NULL,
                                          &e), TL_ERR_VALUE);
     /* custom loss failures */
-    ck_assert_int_eq(tl_forward_backward_custom(NULL, NULL, b.d, 2, NULL,
+    ck_assert_int_eq(t_forward_backward_custom(NULL, NULL, b.d, 2, NULL,
                                                 NULL, NULL, NULL, NULL, NULL,
                                                 &e), TL_ERR_NULL);
     int mode = 0;
-    ck_assert_int_eq(tl_forward_backward_custom(failing_loss, &mode, b.d, 2,
+    ck_assert_int_eq(t_forward_backward_custom(failing_loss, &mode, b.d, 2,
                                                 NULL, res.lp, res.gr, NULL,
                                                 NULL, &res.m, &e),
                      TL_ERR_VALUE);
     ck_assert_str_eq(e.arg, "fn");
     mode = 1;
-    ck_assert_int_eq(tl_forward_backward_custom(failing_loss, &mode, b.d, 2,
+    ck_assert_int_eq(t_forward_backward_custom(failing_loss, &mode, b.d, 2,
                                                 NULL, res.lp, res.gr, NULL,
                                                 NULL, &res.m, &e),
                      TL_ERR_VALUE);
     ck_assert_str_eq(e.arg, "grad[0]");
     ck_assert_int_eq(e.index, 1);
     mode = 2;
-    ck_assert_int_eq(tl_forward_backward_custom(failing_loss, &mode, b.d, 2,
+    ck_assert_int_eq(t_forward_backward_custom(failing_loss, &mode, b.d, 2,
                                                 NULL, res.lp, res.gr, NULL,
                                                 NULL, &res.m, &e),
                      TL_ERR_CALLBACK);
     mode = 3;
-    ck_assert_int_eq(tl_forward_backward_custom(failing_loss, &mode, b.d, 2,
+    ck_assert_int_eq(t_forward_backward_custom(failing_loss, &mode, b.d, 2,
                                                 NULL, res.lp, res.gr, NULL,
                                                 NULL, &res.m, &e),
                      TL_ERR_CALLBACK);

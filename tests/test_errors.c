@@ -50,29 +50,29 @@ static void outputs_untouched(void)
 START_TEST(test_logits_view)
 {
     tl_logits lg = {x, TL_F32, N, V, V};
-    EXPECT_ERR(tl_logprobs(NULL, t, NULL, out, NULL, NULL, err), TL_ERR_NULL,
+    EXPECT_ERR(t_logprobs(NULL, t, NULL, out, NULL, NULL, err), TL_ERR_NULL,
                "logits", -1);
     lg.data = NULL;
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_NULL,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_NULL,
                "logits", -1);
     lg = (tl_logits){x, TL_F32, -1, V, V};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
                "logits", -1);
     lg = (tl_logits){x, TL_F32, N, 0, V};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
                "logits", -1);
     lg = (tl_logits){x, TL_F32, N, V, V - 1};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
                "logits", -1);
     lg = (tl_logits){x, (tl_dtype)7, N, V, V};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_DTYPE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_DTYPE,
                "logits", -1);
     /* rows * stride overflowing the address space */
     lg = (tl_logits){x, TL_F32, INT64_MAX / 4, V, 8};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
                "logits", -1);
     lg = (tl_logits){x, TL_F32, 2, INT64_MAX / 2, INT64_MAX / 2};
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_SIZE,
                "logits", -1);
     outputs_untouched();
 }
@@ -81,16 +81,16 @@ END_TEST
 START_TEST(test_targets_and_outputs)
 {
     tl_logits lg = {x, TL_F32, N, V, V};
-    EXPECT_ERR(tl_logprobs(&lg, NULL, NULL, out, NULL, NULL, err), TL_ERR_NULL,
+    EXPECT_ERR(t_logprobs(&lg, NULL, NULL, out, NULL, NULL, err), TL_ERR_NULL,
                "targets", -1);
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, NULL, NULL, NULL, err), TL_ERR_NULL,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, NULL, NULL, NULL, err), TL_ERR_NULL,
                "logprobs", -1);
     t[2] = V;
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_TOKEN,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_TOKEN,
                "targets", 2);
     t[2] = 2;
     t[1] = -1;
-    EXPECT_ERR(tl_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_TOKEN,
+    EXPECT_ERR(t_logprobs(&lg, t, NULL, out, NULL, NULL, err), TL_ERR_TOKEN,
                "targets", 1);
     outputs_untouched();
 }
@@ -101,14 +101,14 @@ START_TEST(test_options)
     tl_logits lg = {x, TL_F32, N, V, V};
     const double bad[] = {0.0, -1.0, NAN, INFINITY, 1e-40, 1e40};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        tl_options o = tl_options_default();
+        t_opts o = t_opts_default();
         o.temperature = bad[k];
-        EXPECT_ERR(tl_logprobs(&lg, t, &o, out, NULL, NULL, err), TL_ERR_VALUE,
+        EXPECT_ERR(t_logprobs(&lg, t, &o, out, NULL, NULL, err), TL_ERR_VALUE,
                    "temperature", -1);
     }
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.threads = -2;
-    EXPECT_ERR(tl_logprobs(&lg, t, &o, out, NULL, NULL, err), TL_ERR_VALUE,
+    EXPECT_ERR(t_logprobs(&lg, t, &o, out, NULL, NULL, err), TL_ERR_VALUE,
                "threads", -1);
     outputs_untouched();
 }
@@ -145,7 +145,7 @@ START_TEST(test_bad_rows)
                 for (int i = 0; i <= N; i++)
                     lse[i] = ent[i] = SENTINEL_F;
                 tl_error e;
-                ck_assert_int_eq(tl_logprobs(&lg, t, NULL, out, lse, ent, &e),
+                ck_assert_int_eq(t_logprobs(&lg, t, NULL, out, lse, ent, &e),
                                  TL_ERR_BAD_ROW);
                 ck_assert_int_eq(e.index, 1);
                 ck_assert_str_eq(e.arg, "logits");
@@ -161,7 +161,7 @@ START_TEST(test_bad_rows)
                 for (int k = 0; k < N * V; k++)
                     gb[k] = SENTINEL_F;
                 tl_grad gr = {gb, TL_F32, V};
-                ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL,
+                ck_assert_int_eq(t_logprobs_backward(&lg, t, g, NULL, NULL,
                                                       &gr, &e),
                                  TL_ERR_BAD_ROW);
                 ck_assert_int_eq(e.index, 1);
@@ -178,7 +178,7 @@ START_TEST(test_masked_entries_are_legal)
     x[3] = -INFINITY;
     x[V + 9] = -INFINITY;
     tl_logits lg = {x, TL_F32, N, V, V};
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, out, NULL, NULL, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, out, NULL, NULL, NULL), TL_OK);
     for (int i = 0; i < N; i++)
         ck_assert(isfinite(out[i]) && out[i] < 0.0f);
 }
@@ -188,13 +188,13 @@ START_TEST(test_zero_rows_is_noop)
 {
     tl_logits lg = {NULL, TL_F32, 0, V, V};
     tl_error e;
-    ck_assert_int_eq(tl_logprobs(&lg, NULL, NULL, NULL, NULL, NULL, &e), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, NULL, NULL, NULL, NULL, NULL, &e), TL_OK);
     ck_assert_int_eq(e.status, TL_OK);
     tl_grad gr = {NULL, TL_F32, V};
-    ck_assert_int_eq(tl_logprobs_backward(&lg, NULL, NULL, NULL, NULL, &gr, &e),
+    ck_assert_int_eq(t_logprobs_backward(&lg, NULL, NULL, NULL, NULL, &gr, &e),
                      TL_OK);
     lg.data = x;
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, out, NULL, NULL, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, out, NULL, NULL, NULL), TL_OK);
     outputs_untouched();
 }
 END_TEST
@@ -203,39 +203,39 @@ START_TEST(test_backward_args)
 {
     tl_logits lg = {x, TL_F32, N, V, V};
     tl_grad gr = {gbuf, TL_F32, V};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, NULL, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, NULL, err),
                TL_ERR_NULL, "grad", -1);
     gr.data = NULL;
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_NULL, "grad", -1);
     gr = (tl_grad){gbuf, TL_F32, V - 1};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_SIZE, "grad", -1);
     gr = (tl_grad){gbuf, TL_BF16, V};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_DTYPE, "grad", -1);
     gr = (tl_grad){gbuf, (tl_dtype)3, V};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_DTYPE, "grad", -1);
     gr = (tl_grad){gbuf, TL_F32, V};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, NULL, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, NULL, NULL, NULL, &gr, err),
                TL_ERR_NULL, "g", -1);
-    EXPECT_ERR(tl_logprobs_backward(&lg, NULL, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, NULL, g, NULL, NULL, &gr, err),
                TL_ERR_NULL, "targets", -1);
     g[2] = NAN;
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_VALUE, "g", 2);
     g[2] = 1.0f;
     float ge[N] = {0, INFINITY, 0};
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, ge, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, ge, NULL, &gr, err),
                TL_ERR_VALUE, "ge", 1);
     t[0] = 99;
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, NULL, &gr, err),
                TL_ERR_TOKEN, "targets", 0);
     t[0] = 0;
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = -3;
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, &o, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, &o, &gr, err),
                TL_ERR_VALUE, "temperature", -1);
     for (int k = 0; k < N * V; k++)
         ck_assert(gbuf[k] == SENTINEL_F);
@@ -243,7 +243,7 @@ START_TEST(test_backward_args)
      * inf/NaN */
     o.temperature = 1e-30;
     g[1] = 3e38f;
-    EXPECT_ERR(tl_logprobs_backward(&lg, t, g, NULL, &o, &gr, err),
+    EXPECT_ERR(t_logprobs_backward(&lg, t, g, NULL, &o, &gr, err),
                TL_ERR_VALUE, "logits", 1);
 }
 END_TEST
@@ -279,17 +279,17 @@ START_TEST(test_sequence_args)
     tl_logits lg = {x, TL_F32, N, V, V};
     int64_t tok[N] = {1, 2, 3};
     tok[2] = V + 5;
-    EXPECT_ERR(tl_sequence_logprobs(&lg, tok, NULL, out, err), TL_ERR_TOKEN,
+    EXPECT_ERR(t_sequence_logprobs(&lg, tok, NULL, out, err), TL_ERR_TOKEN,
                "tokens", 2);
-    EXPECT_ERR(tl_compute_logprobs(&lg, tok, NULL, out, err), TL_ERR_TOKEN,
+    EXPECT_ERR(t_compute_logprobs(&lg, tok, NULL, out, err), TL_ERR_TOKEN,
                "tokens", 2);
     tok[2] = 3;
-    EXPECT_ERR(tl_sequence_logprobs(&lg, NULL, NULL, out, err), TL_ERR_NULL,
+    EXPECT_ERR(t_sequence_logprobs(&lg, NULL, NULL, out, err), TL_ERR_NULL,
                "tokens", -1);
-    EXPECT_ERR(tl_compute_logprobs(&lg, tok, NULL, NULL, err), TL_ERR_NULL,
+    EXPECT_ERR(t_compute_logprobs(&lg, tok, NULL, NULL, err), TL_ERR_NULL,
                "out", -1);
     lg.rows = 0;
-    EXPECT_ERR(tl_sequence_logprobs(&lg, tok, NULL, out, err), TL_ERR_SIZE,
+    EXPECT_ERR(t_sequence_logprobs(&lg, tok, NULL, out, err), TL_ERR_SIZE,
                "logits", -1);
     outputs_untouched();
 }

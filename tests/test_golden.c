@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         tl_error err;
         current_file = argv[i];
-        if (tl_fixture_check_file(argv[i], collect, NULL, NULL, NULL, &err)) {
+        if (tl_fixture_check_file(NULL, argv[i], collect, NULL, NULL, NULL, &err)) {
             fprintf(stderr, "%s\n", err.message);
             unreadable++;
         }

@@ -87,12 +87,12 @@ static void make_hb(hb_t *b, const char *fn, int nd, const int64_t *n,
         b->hid[i] = (tl_hidden){b->h[i], n[i], b->hstride};
     }
     /* sampler logprobs at ratios away from the clip bounds */
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = temp;
     float *lp = malloc((size_t)(rows + 1) * sizeof(float));
     if (rows > 0) {
         tl_hidden all = {b->hall, rows, d};
-        ck_assert_int_eq(tl_head_logprobs(&b->head, &all, b->tok, 1, &o, NULL,
+        ck_assert_int_eq(t_head_logprobs(&b->head, &all, b->tok, 1, &o, NULL,
                                           lp, NULL, NULL, NULL), TL_OK);
     }
     static const double ratios[] = {0.6, 0.9, 1.0, 1.1, 1.6, 3.0};
@@ -155,7 +155,7 @@ static void free_res(hres_t *x)
 }
 
 /* The projection path with given options. */
-static tl_status run_head(const hb_t *b, const tl_head_options *ho,
+static tl_status run_head(const hb_t *b, const t_hopts *ho,
                           int threads, hres_t *x, tl_error *e)
 {
     float *lp[MAXD], *gh[MAXD];
@@ -163,12 +163,12 @@ static tl_status run_head(const hb_t *b, const tl_head_options *ho,
         lp[i] = x->lp + b->off[i];
         gh[i] = x->gh + b->off[i] * b->d;
     }
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = b->temp;
     o.entropy = 1;
     o.threads = threads;
     const tl_head_grads g = {gh, x->gw, b->head.bias ? x->gb : NULL, 0};
-    return tl_head_forward_backward(&b->cfg, &b->head, b->dat, b->hid, b->nd,
+    return t_head_forward_backward(&b->cfg, &b->head, b->dat, b->hid, b->nd,
                                     &o, ho, lp, &g, &x->m, e);
 }
 
@@ -202,11 +202,11 @@ static void run_unfused(const hb_t *b, hres_t *x)
         lp[i] = x->lp + b->off[i];
         gr[i] = (tl_grad){G + b->off[i] * v, TL_F32, v};
     }
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = b->temp;
     o.entropy = 1;
     tl_error e;
-    ck_assert_msg(tl_forward_backward(&b->cfg, dat, b->nd, &o, lp, gr, &x->m,
+    ck_assert_msg(t_forward_backward(&b->cfg, dat, b->nd, &o, lp, gr, &x->m,
                                       &e) == TL_OK, "%s", e.message);
     if (rows > 0) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows,
@@ -294,7 +294,7 @@ START_TEST(test_matches_unfused)
     alloc_res(&ref, &b);
     run_unfused(&b, &ref);
     for (size_t k = 0; k < sizeof blocks / sizeof blocks[0]; k++) {
-        tl_head_options ho = tl_head_options_default();
+        t_hopts ho = t_hopts_default();
         ho.block_tokens = blocks[k][0];
         ho.block_vocab = blocks[k][1];
         hres_t x;
@@ -315,7 +315,7 @@ START_TEST(test_threads_bitwise)
     const int64_t n[2] = {37, 14};
     hb_t b;
     make_hb(&b, "ppo", 2, n, 5003, 64, 1, 1.0, 77);
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     ho.block_tokens = 16;
     ho.block_vocab = _i ? 1500 : 0;
     hres_t x1, x2;
@@ -340,7 +340,7 @@ END_TEST
 static double loss_at(const hb_t *b)
 {
     tl_metrics m;
-    ck_assert_int_eq(tl_head_forward_backward(&b->cfg, &b->head, b->dat,
+    ck_assert_int_eq(t_head_forward_backward(&b->cfg, &b->head, b->dat,
                                               b->hid, b->nd, NULL, NULL, NULL,
                                               NULL, &m, NULL), TL_OK);
     return *tl_metrics_get(&m, "loss:sum");
@@ -363,7 +363,7 @@ START_TEST(test_finite_differences)
     }
     hres_t x;
     alloc_res(&x, &b);
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     ho.block_tokens = 2;
     ho.block_vocab = 7;
     ck_assert_int_eq(run_head(&b, &ho, 0, &x, NULL), TL_OK);
@@ -404,17 +404,17 @@ START_TEST(test_logprobs_multi)
     float *L = malloc((size_t)(n[0] * b.v) * sizeof(float));
     materialise(&b, n[0], L);
     const tl_logits lg = {L, TL_F32, n[0], b.v, b.v};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = b.temp;
     float lp0[27], lse0[9], h0[9], lp1[27], lse1[9], h1[9];
-    ck_assert_int_eq(tl_logprobs_multi(&lg, tok, k, &o, lp0, lse0, h0, NULL),
+    ck_assert_int_eq(t_logprobs_multi(&lg, tok, k, &o, lp0, lse0, h0, NULL),
                      TL_OK);
     for (int64_t bv = 0; bv <= 300; bv += 100) {
-        tl_head_options ho = tl_head_options_default();
+        t_hopts ho = t_hopts_default();
         ho.block_vocab = bv;
         ho.block_tokens = 4;
         tl_error e;
-        ck_assert_msg(tl_head_logprobs(&b.head, &b.hid[0], tok, k, &o, &ho,
+        ck_assert_msg(t_head_logprobs(&b.head, &b.hid[0], tok, k, &o, &ho,
                                        lp1, lse1, h1, &e) == TL_OK, "%s",
                       e.message);
         for (int64_t t = 0; t < n[0] * k; t++)
@@ -449,14 +449,14 @@ START_TEST(test_backward_accumulate)
     float *gw2 = malloc((size_t)(v * d) * sizeof(float));
     float *gb2 = malloc((size_t)v * sizeof(float));
     float *gh2 = malloc((size_t)(rows * d) * sizeof(float));
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     ho.block_tokens = 4;
     ho.block_vocab = 100;
     /* one call over all rows */
     tl_hidden all = {b.hall, rows, d};
     float *ghp[1] = {gh2};
     tl_head_grads one = {ghp, gw2, gb2, 0};
-    ck_assert_int_eq(tl_head_backward(&b.head, &all, b.tok, 1, g, NULL, &ho,
+    ck_assert_int_eq(t_head_backward(&b.head, &all, b.tok, 1, g, NULL, &ho,
                                       &one, NULL), TL_OK);
     /* two calls, the second accumulating */
     for (int64_t k = 0; k < v * d; k++)
@@ -465,7 +465,7 @@ START_TEST(test_backward_accumulate)
         float *ghi[1] = {gh + b.off[i] * d};
         tl_head_grads part = {ghi, gw, gb, i};
         tl_hidden hi = {b.hall + b.off[i] * d, n[i], d};
-        ck_assert_int_eq(tl_head_backward(&b.head, &hi, b.tok + b.off[i], 1,
+        ck_assert_int_eq(t_head_backward(&b.head, &hi, b.tok + b.off[i], 1,
                                           g + b.off[i], NULL, &ho, &part,
                                           NULL), TL_OK);
     }
@@ -523,7 +523,7 @@ START_TEST(test_custom)
     const tl_head_grads g = {gh, x.gw, x.gb, 0};
     double c = 0.0;
     tl_error e;
-    ck_assert_msg(tl_head_forward_backward_custom(custom_fn, NULL, &b.head,
+    ck_assert_msg(t_head_forward_backward_custom(custom_fn, NULL, &b.head,
                                                   b.dat, b.hid, 2, NULL, NULL,
                                                   lp, &g, wp, &c, &x.m, &e) ==
                       TL_OK, "%s", e.message);
@@ -557,17 +557,17 @@ START_TEST(test_plan)
     const tl_head h = {w, NULL, 151936, 2048, 2048};
     int64_t bt, bv;
     size_t ws;
-    ck_assert_int_eq(tl_head_plan(&h, 512, 1, NULL, &bt, &bv, &ws, NULL),
+    ck_assert_int_eq(t_head_plan(&h, 512, 1, NULL, &bt, &bv, &ws, NULL),
                      TL_OK);
     ck_assert_int_eq(bv, 151936);
     ck_assert(bt >= 16 && bt <= 256);
     ck_assert(ws <= TL_HEAD_DEFAULT_WORKSPACE);
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     static const size_t budgets[] = {(size_t)1 << 20, (size_t)8 << 20,
                                      (size_t)64 << 20, (size_t)1 << 30};
     for (size_t k = 0; k < 4; k++) {
         ho.workspace_bytes = budgets[k];
-        ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, NULL),
+        ck_assert_int_eq(t_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, NULL),
                          TL_OK);
         ck_assert_msg(ws <= budgets[k], "budget %zu: %zu", budgets[k], ws);
         ck_assert(bt >= 1 && bt <= 512 && bv >= 16 && bv <= 151936);
@@ -575,34 +575,36 @@ START_TEST(test_plan)
         if (bv < 151936) {
             const int64_t nvb = (151936 + bv - 1) / bv;
             ck_assert(151936 - (nvb - 1) * bv > bv - 16 * nvb);
-            tl_head_options more = ho;
+            t_hopts more = ho;
             more.block_tokens = bt;
             more.block_vocab = (151936 + nvb - 2) / (nvb - 1);
-            ck_assert_int_eq(tl_head_plan(&h, 512, 1, &more, NULL, NULL,
+            ck_assert_int_eq(t_head_plan(&h, 512, 1, &more, NULL, NULL,
                                           NULL, NULL), TL_ERR_SIZE);
         }
     }
     /* no more tokens than there are */
-    ck_assert_int_eq(tl_head_plan(&h, 7, 1, NULL, &bt, &bv, &ws, NULL), TL_OK);
+    ck_assert_int_eq(t_head_plan(&h, 7, 1, NULL, &bt, &bv, &ws, NULL), TL_OK);
     ck_assert_int_eq(bt, 7);
     /* a budget below 16 tokens of the smallest block: fewer tokens */
     ho.workspace_bytes = 200000;
-    ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, NULL),
+    ck_assert_int_eq(t_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, NULL),
                      TL_OK);
     ck_assert(bt >= 1 && bt < 16 && ws <= ho.workspace_bytes);
     tl_error e;
     ho.workspace_bytes = 1000;
-    ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
+    ck_assert_int_eq(t_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
                      TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, "workspace_bytes");
-    ho = tl_head_options_default();
+    ho = t_hopts_default();
     ho.block_tokens = 512;
     ho.block_vocab = 151936;
-    ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
+    ck_assert_int_eq(t_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
                      TL_ERR_SIZE);
+    /* a negative block size is refused by the context's setter */
     ho.block_tokens = -1;
-    ck_assert_int_eq(tl_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
-                     TL_ERR_SIZE);
+    ck_assert_int_eq(t_head_plan(&h, 512, 1, &ho, &bt, &bv, &ws, &e),
+                     TL_ERR_VALUE);
+    ck_assert_str_eq(e.arg, "block_tokens");
 }
 END_TEST
 
@@ -615,23 +617,23 @@ START_TEST(test_errors)
     float lpa[3], lpb[4], *lp[2] = {lpa, lpb};
     tl_error e;
     tl_status s;
-    s = tl_head_forward_backward(&b.cfg, NULL, b.dat, b.hid, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, NULL, b.dat, b.hid, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_NULL);
     ck_assert_str_eq(e.arg, "head");
     tl_hidden bad[2] = {b.hid[0], b.hid[1]};
     bad[1].rows = 3;
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, bad, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, bad, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_SHAPE);
     ck_assert_str_eq(e.arg, "data[1].hidden");
     bad[1] = b.hid[1];
     bad[1].stride = 7;
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, bad, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, bad, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_SIZE);
     b.tok[4] = 50;
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_TOKEN);
     ck_assert_str_eq(e.arg, "data[1].loss_fn_inputs.target_tokens");
@@ -640,7 +642,7 @@ START_TEST(test_errors)
     /* NaN hidden state: a bad row, named by datum and row */
     lpa[0] = SENTINEL_F;
     b.h[1][2 * b.hstride + 5] = NAN;
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_BAD_ROW);
     ck_assert_str_eq(e.arg, "data[1].hidden");
@@ -649,7 +651,7 @@ START_TEST(test_errors)
     b.h[1][2 * b.hstride + 5] = 0.5f;
     /* a -inf bias masks an entry; as a target it is a bad row */
     b.bias[b.tok[1]] = -INFINITY;
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
                                  lp, NULL, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_BAD_ROW);
     ck_assert_str_eq(e.arg, "data[0].hidden");
@@ -657,38 +659,38 @@ START_TEST(test_errors)
     b.bias[b.tok[1]] = 0.0f;
     b.bias[(b.tok[1] + 1) % 50] = -INFINITY;
     if (b.tok[0] != (b.tok[1] + 1) % 50 && b.tok[2] != (b.tok[1] + 1) % 50)
-        ck_assert_int_eq(tl_head_logprobs(&b.head, &b.hid[0], b.tok, 1, NULL,
+        ck_assert_int_eq(t_head_logprobs(&b.head, &b.hid[0], b.tok, 1, NULL,
                                           NULL, lpa, NULL, NULL, &e), TL_OK);
     /* a missing grad hidden buffer */
     float *ghp[2] = {NULL, NULL};
     const tl_head_grads g = {ghp, NULL, NULL, 0};
-    s = tl_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
+    s = t_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid, 2, NULL, NULL,
                                  lp, &g, NULL, &e);
     ck_assert_int_eq(s, TL_ERR_NULL);
     ck_assert_str_eq(e.arg, "grads.hidden");
     /* a budget too small for one token block */
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     ho.workspace_bytes = 64;
-    s = tl_head_logprobs(&b.head, &b.hid[0], b.tok, 1, NULL, &ho, lpa, NULL,
+    s = t_head_logprobs(&b.head, &b.hid[0], b.tok, 1, NULL, &ho, lpa, NULL,
                          NULL, &e);
     ck_assert_int_eq(s, TL_ERR_SIZE);
     /* head fields */
     tl_head h = b.head;
     h.stride = 3;
-    s = tl_head_logprobs(&h, &b.hid[0], b.tok, 1, NULL, NULL, lpa, NULL, NULL,
+    s = t_head_logprobs(&h, &b.hid[0], b.tok, 1, NULL, NULL, lpa, NULL, NULL,
                          &e);
     ck_assert_int_eq(s, TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, "head.stride");
     h = b.head;
     h.weight = NULL;
-    s = tl_head_logprobs(&h, &b.hid[0], b.tok, 1, NULL, NULL, lpa, NULL, NULL,
+    s = t_head_logprobs(&h, &b.hid[0], b.tok, 1, NULL, NULL, lpa, NULL, NULL,
                          &e);
     ck_assert_int_eq(s, TL_ERR_NULL);
     /* a non-finite upstream gradient */
     const float gbad[3] = {1.0f, NAN, 0.0f};
     float gw[400];
     const tl_head_grads gg = {NULL, gw, NULL, 0};
-    s = tl_head_backward(&b.head, &b.hid[0], b.tok, 1, gbad, NULL, NULL, &gg,
+    s = t_head_backward(&b.head, &b.hid[0], b.tok, 1, gbad, NULL, NULL, &gg,
                          &e);
     ck_assert_int_eq(s, TL_ERR_VALUE);
     ck_assert_str_eq(e.arg, "g");
@@ -710,7 +712,7 @@ START_TEST(test_empty_batch)
         gb[k] = NAN;
     const tl_head_grads g = {NULL, gw, gb, 0};
     tl_metrics m;
-    ck_assert_int_eq(tl_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid,
+    ck_assert_int_eq(t_head_forward_backward(&b.cfg, &b.head, b.dat, b.hid,
                                               1, NULL, NULL, NULL, &g, &m,
                                               NULL), TL_OK);
     for (int k = 0; k < 80; k++)
@@ -734,7 +736,7 @@ typedef struct {
 static void *head_job_run(void *arg)
 {
     head_job_t *j = arg;
-    tl_head_options ho = tl_head_options_default();
+    t_hopts ho = t_hopts_default();
     ho.block_tokens = 8;
     j->s = run_head(j->b, &ho, 2, &j->x, NULL);
     return NULL;

@@ -16,7 +16,7 @@ static json_t *base_case(void)
     const int64_t t[2] = {2, 0};
     float lp[2];
     tl_logits lg = {x, TL_F32, 2, 3, 3};
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, NULL, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, lp, NULL, NULL, NULL), TL_OK);
     const double q[2] = {-1.0, -2.0}, a[2] = {1.0, -1.0};
     double loss = 0.0;
     for (int i = 0; i < 2; i++)
@@ -61,7 +61,7 @@ static void run_case(json_t *c, int want_pass, const char *want_in_detail)
     int64_t p = -1, f = -1;
     tl_error e;
     memset(&last, 0, sizeof last);
-    ck_assert_msg(tl_fixture_check_text(text, keep, NULL, &p, &f, &e) == TL_OK,
+    ck_assert_msg(tl_fixture_check_text(NULL, text, keep, NULL, &p, &f, &e) == TL_OK,
                   "%s", e.message);
     ck_assert_int_eq(p + f, 1);
     ck_assert_msg(last.passed == want_pass, "passed=%d detail: %s",
@@ -247,26 +247,26 @@ START_TEST(test_file_errors)
 {
     tl_error e;
     int64_t p, f;
-    ck_assert_int_eq(tl_fixture_check_text("{\"format\": ", NULL, NULL, &p, &f,
+    ck_assert_int_eq(tl_fixture_check_text(NULL, "{\"format\": ", NULL, NULL, &p, &f,
                                            &e), TL_ERR_JSON);
     ck_assert_msg(strstr(e.message, "invalid JSON"), "%s", e.message);
-    ck_assert_int_eq(tl_fixture_check_text("{\"format\": \"v0\", \"cases\": []}",
+    ck_assert_int_eq(tl_fixture_check_text(NULL, "{\"format\": \"v0\", \"cases\": []}",
                                            NULL, NULL, &p, &f, &e),
                      TL_ERR_JSON);
     ck_assert_str_eq(e.arg, "format");
-    ck_assert_int_eq(tl_fixture_check_text("[1, 2]", NULL, NULL, &p, &f, &e),
+    ck_assert_int_eq(tl_fixture_check_text(NULL, "[1, 2]", NULL, NULL, &p, &f, &e),
                      TL_ERR_JSON);
-    ck_assert_int_eq(tl_fixture_check_text(
+    ck_assert_int_eq(tl_fixture_check_text(NULL, 
                          "{\"format\": \"tinkerloss.golden.v1\"}", NULL, NULL,
                          &p, &f, &e), TL_ERR_JSON);
     ck_assert_str_eq(e.arg, "cases");
-    ck_assert_int_eq(tl_fixture_check_file("/nonexistent/x.json", NULL, NULL,
+    ck_assert_int_eq(tl_fixture_check_file(NULL, "/nonexistent/x.json", NULL, NULL,
                                            &p, &f, &e), TL_ERR_IO);
-    ck_assert_int_eq(tl_fixture_check_text(
+    ck_assert_int_eq(tl_fixture_check_text(NULL, 
                          "{\"format\": \"tinkerloss.golden.v1\", \"cases\": "
                          "[], \"cases\": []}", NULL, NULL, &p, &f, &e),
                      TL_ERR_JSON); /* duplicate keys are refused */
-    ck_assert_int_eq(tl_fixture_check_text(NULL, NULL, NULL, &p, &f, &e),
+    ck_assert_int_eq(tl_fixture_check_text(NULL, NULL, NULL, NULL, &p, &f, &e),
                      TL_ERR_NULL);
 }
 END_TEST
@@ -288,27 +288,41 @@ static json_t *base_dump(void)
     return d;
 }
 
-static char lines[4096];
-static void gather(void *user, int finding, const char *text)
+/* The findings of the last verification. */
+static tl_finding found[32];
+static int nfound;
+
+static void gather(void *user, const tl_finding *f)
 {
     (void)user;
-    strncat(lines, finding ? "FINDING " : "note ",
-            sizeof lines - strlen(lines) - 1);
-    strncat(lines, text, sizeof lines - strlen(lines) - 1);
-    strncat(lines, "\n", sizeof lines - strlen(lines) - 1);
+    if (nfound < 32)
+        found[nfound++] = *f;
+}
+
+/* The first finding of `kind` whose name, path or message contains `text`
+ * (NULL if none). */
+static const tl_finding *find(tl_finding_kind kind, const char *text)
+{
+    for (int i = 0; i < nfound; i++)
+        if (found[i].kind == kind &&
+            (strstr(found[i].name, text) || strstr(found[i].path, text) ||
+             strstr(found[i].message, text)))
+            return &found[i];
+    return NULL;
 }
 
 static int64_t verify(json_t *d, tl_status want)
 {
     char *text = json_dumps(d, 0);
-    int64_t findings = -1;
+    int64_t problems = -1;
     tl_error e;
-    lines[0] = '\0';
-    ck_assert_msg(tl_verify_text(text, gather, NULL, &findings, &e) == want,
+    nfound = 0;
+    ck_assert_msg(tl_verify_text(NULL, text, gather, NULL, &problems, &e) ==
+                      want,
                   "%s", e.message);
     free(text);
     json_decref(d);
-    return findings;
+    return problems;
 }
 
 static json_t *req_inputs(json_t *d)
@@ -320,61 +334,72 @@ static json_t *req_inputs(json_t *d)
 START_TEST(test_verify)
 {
     ck_assert_int_eq(verify(base_dump(), TL_OK), 0);
-    ck_assert_msg(strstr(lines, "metric loss:sum: server"), "%s", lines);
-    ck_assert_msg(strstr(lines, "kl_sample_train_v1:mean"), "%s", lines);
+    const tl_finding *f = find(TL_NOTE_METRIC, "loss:sum");
+    ck_assert(f && f->is_note && fabs(f->server - f->recomputed) <=
+                                     f->tolerance);
+    ck_assert_str_eq(f->path, "response.metrics.loss:sum");
+    ck_assert(find(TL_NOTE_GAP, "kl_sample_train_v1:mean"));
     /* server loss off */
     json_t *d = base_dump();
     json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
-    json_object_set_new(m, "loss:sum", json_real(
-        json_real_value(json_object_get(m, "loss:sum")) + 0.01));
+    const double loss = json_real_value(json_object_get(m, "loss:sum"));
+    json_object_set_new(m, "loss:sum", json_real(loss + 0.01));
     json_object_set_new(m, "other:mean", json_real(3.0));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "DISAGREES"), "%s", lines);
-    ck_assert_msg(strstr(lines, "note metric other:mean"), "%s", lines);
+    f = find(TL_FINDING_METRIC, "loss:sum");
+    ck_assert(f && !f->is_note && f->server == loss + 0.01 &&
+              fabs(f->recomputed - loss) < 1e-6);
+    f = find(TL_NOTE_UNCHECKED, "other:mean");
+    ck_assert(f && f->server == 3.0);
     /* targets not the model input shifted, negative token */
     d = base_dump();
     json_array_set_new(json_object_get(json_object_get(req_inputs(d),
                                                        "target_tokens"),
                                        "data"), 0, json_integer(1));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "data[0] position 0: target_tokens is 1 but "
-                                "model_input[1] is 2"), "%s", lines);
+    f = find(TL_FINDING_SHIFT, "request.data[0].loss_fn_inputs.target_tokens");
+    ck_assert(f && f->datum == 0 && f->position == 0 && f->server == 1.0 &&
+              f->recomputed == 2.0 && f->count == 1);
     d = base_dump();
     json_array_set_new(json_object_get(json_object_get(req_inputs(d),
                                                        "target_tokens"),
                                        "data"), 1, json_integer(-4));
     ck_assert_int_ge(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "is negative"), "%s", lines);
+    f = find(TL_FINDING_REQUEST, "is negative");
+    ck_assert(f && f->datum == 0 && f->position == 1);
+    ck_assert_str_eq(f->path, "request.data[0].loss_fn_inputs.target_tokens");
+    ck_assert(find(TL_NOTE_SKIPPED, ""));
     /* NaN sampler logprob, lengths */
     d = base_dump();
     json_array_set_new(json_object_get(json_object_get(req_inputs(d),
                                                        "logprobs"), "data"),
                        1, json_string("nan"));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "data[0].loss_fn_inputs.logprobs[1] is NaN"),
-                  "%s", lines);
+    ck_assert(find(TL_FINDING_REQUEST,
+                   "data[0].loss_fn_inputs.logprobs[1] is NaN"));
     d = base_dump();
     json_array_append_new(json_object_get(json_object_get(json_array_get(
         json_object_get(json_object_get(d, "response"), "loss_fn_outputs"), 0),
         "logprobs"), "data"), json_real(-1.0));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "has 3 values but target_tokens has 2"), "%s",
-                  lines);
+    f = find(TL_FINDING_OUTPUTS, "response.loss_fn_outputs[0].logprobs");
+    ck_assert(f && f->server == 3.0 && f->recomputed == 2.0);
     d = base_dump();
     json_object_set_new(req_inputs(d), "advantages",
                         json_pack("{s:[f], s:s}", "data", 1.0, "dtype",
                                   "float32"));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "length 1 but target_tokens has length 2"),
-                  "%s", lines);
+    ck_assert(find(TL_FINDING_REQUEST,
+                   "length 1 but target_tokens has length 2"));
     /* a sampler logprob far below the trainer's: the ratio overflows */
     d = base_dump();
     json_array_set_new(json_object_get(json_object_get(req_inputs(d),
                                                        "logprobs"), "data"),
                        0, json_real(-900.0));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    ck_assert_msg(strstr(lines, "FINDING data[0] token 0: the loss or its "
-                                "gradient overflows"), "%s", lines);
+    f = find(TL_FINDING_REQUEST, "data[0] token 0: the loss or its gradient "
+                                 "overflows");
+    ck_assert(f && f->datum == 0 && f->position == 0);
     /* unreadable */
     d = base_dump();
     json_object_del(d, "response");
@@ -384,7 +409,8 @@ START_TEST(test_verify)
                         json_integer(3));
     verify(d, TL_ERR_JSON);
     tl_error e;
-    ck_assert_int_eq(tl_verify_file("/nonexistent.json", NULL, NULL, NULL, &e),
+    ck_assert_int_eq(tl_verify_file(NULL, "/nonexistent.json", NULL, NULL,
+                                    NULL, &e),
                      TL_ERR_IO);
 }
 END_TEST
@@ -398,10 +424,11 @@ START_TEST(test_limits)
     char *text = json_dumps(root, 0);
     tl_error e;
     tl_io_set_max_bytes(64);
-    ck_assert_int_eq(tl_fixture_check_text(text, NULL, NULL, NULL, NULL, &e),
+    ck_assert_int_eq(tl_fixture_check_text(NULL, text, NULL, NULL, NULL, NULL, &e),
                      TL_ERR_SIZE);
     ck_assert_msg(strstr(e.message, "limit"), "%s", e.message);
-    ck_assert_int_eq(tl_verify_text(text, NULL, NULL, NULL, &e), TL_ERR_SIZE);
+    ck_assert_int_eq(tl_verify_text(NULL, text, NULL, NULL, NULL, &e),
+                     TL_ERR_SIZE);
     /* a shape product above limit / 4 fails its case, allocating nothing */
     tl_io_set_max_bytes(strlen(text) + 16);
     json_t *c = json_array_get(json_object_get(root, "cases"), 0);
@@ -411,7 +438,7 @@ START_TEST(test_limits)
     text = json_dumps(root, 0);
     tl_io_set_max_bytes(strlen(text) + 16);
     memset(&last, 0, sizeof last);
-    ck_assert_int_eq(tl_fixture_check_text(text, keep, NULL, NULL, NULL, &e),
+    ck_assert_int_eq(tl_fixture_check_text(NULL, text, keep, NULL, NULL, NULL, &e),
                      TL_OK);
     ck_assert(!last.passed && strstr(last.detail, "exceeds the input limit"));
     tl_io_set_max_bytes(0);
@@ -423,7 +450,7 @@ START_TEST(test_limits)
         deep[10000 + i] = ']';
     }
     deep[20000] = '\0';
-    ck_assert_int_eq(tl_fixture_check_text(deep, NULL, NULL, NULL, NULL, &e),
+    ck_assert_int_eq(tl_fixture_check_text(NULL, deep, NULL, NULL, NULL, NULL, &e),
                      TL_ERR_JSON);
     free(deep);
     free(text);
@@ -436,9 +463,9 @@ START_TEST(test_compute_errors)
     tl_error e;
     char *out = NULL;
     const char *files[1] = {"/nonexistent.npy"};
-    ck_assert_int_eq(tl_compute_file("/nonexistent.json", files, 1, NULL, 0,
+    ck_assert_int_eq(t_compute_file("/nonexistent.json", files, 1, NULL, 0,
                                      &out, &e), TL_ERR_IO);
-    ck_assert_int_eq(tl_compute_file(NULL, files, 1, NULL, 0, &out, &e),
+    ck_assert_int_eq(t_compute_file(NULL, files, 1, NULL, 0, &out, &e),
                      TL_ERR_NULL);
     ck_assert_ptr_null(out);
 }

@@ -108,7 +108,7 @@ static void check_guards(const tdat *t)
 
 /* Run the batch through `path` (0 fused, 1 reference). */
 static tl_status run(int path, const tl_loss_config *cfg, tdat *ds, int nd,
-                     const tl_options *o, tl_metrics *m)
+                     const t_opts *o, tl_metrics *m)
 {
     tl_datum d[4];
     float *lps[4];
@@ -119,9 +119,9 @@ static tl_status run(int path, const tl_loss_config *cfg, tdat *ds, int nd,
         gr[i] = grad_of(&ds[i]);
     }
     tl_error e;
-    tl_status s = path ? tl_forward_backward_reference(cfg, d, nd, o, lps, gr,
+    tl_status s = path ? t_forward_backward_reference(cfg, d, nd, o, lps, gr,
                                                        m, &e)
-                       : tl_forward_backward(cfg, d, nd, o, lps, gr, m, &e);
+                       : t_forward_backward(cfg, d, nd, o, lps, gr, m, &e);
     ck_assert_msg(s == TL_OK, "%s", e.message);
     return s;
 }
@@ -157,7 +157,7 @@ START_TEST(test_mixed_pairs_bitwise)
             ck_assert_int_eq(tl_isa_set(tiers[ti]), TL_OK);
             for (int ent = 0; ent < 2; ent++)
                 for (int path = 0; path < 2; path++) {
-                    tl_options o = tl_options_default();
+                    t_opts o = t_opts_default();
                     o.entropy = ent;
                     o.threads = 1;
                     tl_metrics m;
@@ -246,9 +246,9 @@ START_TEST(test_empty_batch_with_grads)
     tl_metrics m;
     tl_error e;
     for (int path = 0; path < 2; path++) {
-        tl_status s = path ? tl_forward_backward_reference(
+        tl_status s = path ? t_forward_backward_reference(
                                  &cfg, NULL, 0, NULL, lps, grads, &m, &e)
-                           : tl_forward_backward(&cfg, NULL, 0, NULL, lps,
+                           : t_forward_backward(&cfg, NULL, 0, NULL, lps,
                                                  grads, &m, &e);
         ck_assert_msg(s == TL_OK, "%s", e.message);
         ck_assert(*tl_metrics_get(&m, "loss:sum") == 0.0);
@@ -278,9 +278,9 @@ START_TEST(test_zero_token_datum_null_output)
     tl_metrics m;
     tl_error e;
     for (int path = 0; path < 2; path++) {
-        tl_status s = path ? tl_forward_backward_reference(&cfg, d, 2, NULL,
+        tl_status s = path ? t_forward_backward_reference(&cfg, d, 2, NULL,
                                                            lps, gr, &m, &e)
-                           : tl_forward_backward(&cfg, d, 2, NULL, lps, gr,
+                           : t_forward_backward(&cfg, d, 2, NULL, lps, gr,
                                                  &m, &e);
         ck_assert_msg(s == TL_OK, "path %d: %s", path, e.message);
         ck_assert(*tl_metrics_get(&m, "tokens:sum") == 2.0);

@@ -88,7 +88,7 @@ static void run_shape(const shape_t *sh, tl_dtype dtype, uint64_t seed)
     }
     tl_logits lg = {dtype == TL_BF16 ? (const void *)xb : (const void *)x,
                     dtype, n, sh->v, sh->stride};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = sh->temp;
     float *out = malloc((size_t)(3 * (n + 2)) * sizeof *out);
     float *lp_s = malloc((size_t)(3 * n) * sizeof *lp_s);
@@ -100,7 +100,7 @@ static void run_shape(const shape_t *sh, tl_dtype dtype, uint64_t seed)
             out[k] = SENTINEL_F;
         float *lp = out, *lse = out + n + 2, *ent = out + 2 * (n + 2);
         tl_error err;
-        ck_assert_int_eq(tl_logprobs(&lg, targets, &o, lp, lse, ent, &err),
+        ck_assert_int_eq(t_logprobs(&lg, targets, &o, lp, lse, ent, &err),
                          TL_OK);
         for (int k = 0; k < 2; k++) {
             ck_assert(lp[n + k] == SENTINEL_F);
@@ -126,7 +126,7 @@ static void run_shape(const shape_t *sh, tl_dtype dtype, uint64_t seed)
         }
         /* optional outputs may be omitted and do not change logprobs */
         float *lp2 = malloc((size_t)n * sizeof *lp2);
-        ck_assert_int_eq(tl_logprobs(&lg, targets, &o, lp2, NULL, NULL,
+        ck_assert_int_eq(t_logprobs(&lg, targets, &o, lp2, NULL, NULL,
                                      NULL), TL_OK);
         ck_assert(memcmp(lp2, lp, (size_t)n * sizeof *lp) == 0);
         free(lp2);
@@ -157,7 +157,7 @@ START_TEST(test_dominant_target)
     int64_t t = 3;
     tl_logits lg = {x, TL_F32, 1, 7, 7};
     float lp;
-    ck_assert_int_eq(tl_logprobs(&lg, &t, NULL, &lp, NULL, NULL, NULL),
+    ck_assert_int_eq(t_logprobs(&lg, &t, NULL, &lp, NULL, NULL, NULL),
                      TL_OK);
     double ref;
     ref_row(x, 7, 1.0, 3, &ref, NULL, NULL);
@@ -178,8 +178,8 @@ START_TEST(test_masked_equals_smaller_vocab)
     int64_t tf = 42, tp = 21;
     tl_logits lf = {full, TL_F32, 1, 100, 100}, lp_ = {part, TL_F32, 1, 50, 50};
     float a, b, ha, hb;
-    ck_assert_int_eq(tl_logprobs(&lf, &tf, NULL, &a, NULL, &ha, NULL), TL_OK);
-    ck_assert_int_eq(tl_logprobs(&lp_, &tp, NULL, &b, NULL, &hb, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lf, &tf, NULL, &a, NULL, &ha, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lp_, &tp, NULL, &b, NULL, &hb, NULL), TL_OK);
     ck_assert(fabsf(a - b) <= 1e-6f);
     ck_assert(fabsf(ha - hb) <= 1e-5f);
 }
@@ -194,10 +194,10 @@ START_TEST(test_uniform_row)
         x[j] = 5.0f;
     int64_t t = 17;
     tl_logits lg = {x, TL_F32, 1, v, v};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = 2.0;
     float lp, lse, h;
-    ck_assert_int_eq(tl_logprobs(&lg, &t, &o, &lp, &lse, &h, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, &t, &o, &lp, &lse, &h, NULL), TL_OK);
     ck_assert(fabs(lp + log(1000.0)) <= lp_tolerance(lp));
     ck_assert(fabs(lse - (2.5 + log(1000.0))) <= 1e-6);
     ck_assert(fabs(h - log(1000.0)) <= 1e-5);
@@ -220,7 +220,7 @@ START_TEST(test_shift_invariance)
     int64_t t[2] = {100, 100};
     tl_logits lg = {x, TL_F32, 2, v, v};
     float lp[2], lse[2];
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, lse, NULL, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, lp, lse, NULL, NULL), TL_OK);
     ck_assert(fabsf(lp[0] - lp[1]) <= 2e-6f);
     ck_assert(fabs(lse[1] - lse[0] - 64.0) <= 1e-5);
     free(x);
@@ -241,7 +241,7 @@ START_TEST(test_denormals_and_extremes)
     int64_t t[2] = {3, 5};
     tl_logits lg = {x, TL_F32, 2, V, V};
     float lp[2], h[2];
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, h, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, lp, NULL, h, NULL), TL_OK);
     ck_assert(fabs(lp[0] + log((double)V)) <= lp_tolerance(lp[0]));
     ck_assert(fabs(h[0] - log((double)V)) <= 1e-5);
     /* row 2: all the probability on the max */
@@ -249,21 +249,21 @@ START_TEST(test_denormals_and_extremes)
     ck_assert(fabsf(h[1]) <= 1e-6f);
     float g[2] = {1.0f, 1.0f}, gr[2 * V];
     tl_grad gd = {gr, TL_F32, V};
-    ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gd, NULL),
+    ck_assert_int_eq(t_logprobs_backward(&lg, t, g, NULL, NULL, &gd, NULL),
                      TL_OK);
     for (int j = 0; j < V; j++)
         ck_assert(isfinite(gr[j]) && gr[V + j] == 0.0f);
     /* target 6, 6e38 below the max: logprob -6e38 */
     t[1] = 6;
     tl_error e;
-    ck_assert_int_eq(tl_logprobs(&lg, t, NULL, lp, NULL, NULL, &e),
+    ck_assert_int_eq(t_logprobs(&lg, t, NULL, lp, NULL, NULL, &e),
                      TL_ERR_BAD_ROW);
     ck_assert_str_eq(e.arg, "logits");
     ck_assert_int_eq(e.index, 1);
     ck_assert_msg(strstr(e.message, "target token 6 has logprob -6") &&
                       strstr(e.message, "beyond the float32 range"),
                   "%s", e.message);
-    ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, NULL, NULL, &gd, &e),
+    ck_assert_int_eq(t_logprobs_backward(&lg, t, g, NULL, NULL, &gd, &e),
                      TL_ERR_BAD_ROW);
     ck_assert_int_eq(e.index, 1);
     for (int j = 0; j < V; j++)

@@ -62,14 +62,14 @@ static void same_error(const tl_error *a, const tl_error *b, const char *what)
 
 /* The fused and reference paths on f, with options o; both must fail the
  * same way, which is returned in *e. */
-static tl_status both_paths(fixture *f, const tl_options *o, tl_error *e,
+static tl_status both_paths(fixture *f, const t_opts *o, tl_error *e,
                             const char *what)
 {
     tl_error e2;
     tl_metrics m;
-    const tl_status s1 = tl_forward_backward(&f->cfg, f->d, ND, o, f->lps,
+    const tl_status s1 = t_forward_backward(&f->cfg, f->d, ND, o, f->lps,
                                              f->gr, &m, e);
-    const tl_status s2 = tl_forward_backward_reference(&f->cfg, f->d, ND, o,
+    const tl_status s2 = t_forward_backward_reference(&f->cfg, f->d, ND, o,
                                                        f->lps, f->gr, &m, &e2);
     ck_assert_int_eq(s1, s2);
     same_error(e, &e2, what);
@@ -87,7 +87,7 @@ START_TEST(test_stage_precedence)
         ck_assert_int_eq(tl_isa_set(tiers[ti]), TL_OK);
         fixture *f = malloc(sizeof *f);
         make(f);
-        tl_options o = tl_options_default();
+        t_opts o = t_opts_default();
         o.temperature = 1e-30; /* the gradient scale 1/T */
         f->q[0][1] = -500.0f;  /* r = exp(500): the loss overflows */
         f->x[1][2 * V + 9] = NAN;
@@ -138,10 +138,10 @@ START_TEST(test_reason_with_gradient_in_place)
                     f->gr[i] = (tl_grad){f->x[i], TL_F32, V};
                 tl_metrics m;
                 const tl_status s =
-                    path ? tl_forward_backward_reference(&f->cfg, f->d, ND,
+                    path ? t_forward_backward_reference(&f->cfg, f->d, ND,
                                                          NULL, f->lps, f->gr,
                                                          &m, &e[path])
-                         : tl_forward_backward(&f->cfg, f->d, ND, NULL,
+                         : t_forward_backward(&f->cfg, f->d, ND, NULL,
                                                f->lps, f->gr, &m, &e[path]);
                 ck_assert_int_eq(s, TL_ERR_BAD_ROW);
                 ck_assert_str_eq(e[path].arg, "data[1].logits");
@@ -186,18 +186,18 @@ START_TEST(test_logprob_beyond_float32)
             tl_loss_config cfg;
             ck_assert_int_eq(tl_loss_config_init(&cfg, fns[fi], NULL, NULL, 0,
                                                  NULL), TL_OK);
-            tl_options o = tl_options_default();
+            t_opts o = t_opts_default();
             o.temperature = 0.5;
             float *lps[1] = {lp};
             tl_grad gr[1] = {{g, TL_F32, 2}};
             tl_metrics m;
             tl_error e1, e2, e3;
-            ck_assert_int_eq(tl_forward_backward(&cfg, &d, 1, &o, lps, gr, &m,
+            ck_assert_int_eq(t_forward_backward(&cfg, &d, 1, &o, lps, gr, &m,
                                                  &e1), TL_ERR_BAD_ROW);
-            ck_assert_int_eq(tl_forward_backward(&cfg, &d, 1, &o, lps, NULL,
+            ck_assert_int_eq(t_forward_backward(&cfg, &d, 1, &o, lps, NULL,
                                                  &m, &e3), TL_ERR_BAD_ROW);
             same_error(&e1, &e3, "forward only");
-            ck_assert_int_eq(tl_forward_backward_reference(&cfg, &d, 1, &o,
+            ck_assert_int_eq(t_forward_backward_reference(&cfg, &d, 1, &o,
                                                            lps, gr, &m, &e2),
                              TL_ERR_BAD_ROW);
             same_error(&e1, &e2, fns[fi]);
@@ -206,7 +206,7 @@ START_TEST(test_logprob_beyond_float32)
             ck_assert_msg(strstr(e1.message, "target token 1 has logprob") &&
                               strstr(e1.message, "beyond the float32 range"),
                           "%s", e1.message);
-            ck_assert_int_eq(tl_logprobs(&d.logits, tok, &o, lp, NULL, NULL,
+            ck_assert_int_eq(t_logprobs(&d.logits, tok, &o, lp, NULL, NULL,
                                          &e3), TL_ERR_BAD_ROW);
             ck_assert_int_eq(e3.index, 0);
             /* the same logits through a projection: hidden [1] x
@@ -217,7 +217,7 @@ START_TEST(test_logprob_beyond_float32)
             tl_datum dh = d;
             memset(&dh.logits, 0, sizeof dh.logits);
             tok[1] = 1; /* row 1's logits are +-FLT_MAX too */
-            ck_assert_int_eq(tl_head_forward_backward(&cfg, &head, &dh, &hs, 1,
+            ck_assert_int_eq(t_head_forward_backward(&cfg, &head, &dh, &hs, 1,
                                                       &o, NULL, lps, NULL, &m,
                                                       &e3), TL_ERR_BAD_ROW);
             ck_assert_str_eq(e3.arg, "data[0].hidden");
@@ -258,13 +258,13 @@ START_TEST(test_head_precedence)
     tl_metrics m;
     tl_error e;
     hid1[D + 1] = NAN;
-    ck_assert_int_eq(tl_head_forward_backward(&cfg, &head, d, hs, 2, NULL,
+    ck_assert_int_eq(t_head_forward_backward(&cfg, &head, d, hs, 2, NULL,
                                               NULL, lps, NULL, &m, &e),
                      TL_ERR_BAD_ROW);
     ck_assert_str_eq(e.arg, "data[1].hidden");
     ck_assert_int_eq(e.index, 1);
     hid1[D + 1] = 0.0f;
-    ck_assert_int_eq(tl_head_forward_backward(&cfg, &head, d, hs, 2, NULL,
+    ck_assert_int_eq(t_head_forward_backward(&cfg, &head, d, hs, 2, NULL,
                                               NULL, lps, NULL, &m, &e),
                      TL_ERR_VALUE);
     ck_assert_str_eq(e.arg, "data[0].loss_fn_inputs");
@@ -292,10 +292,10 @@ START_TEST(test_count_overflow)
     tl_metrics m;
     tl_error e;
     const char *arg = "data[0].loss_fn_inputs.target_tokens";
-    ck_assert_int_eq(tl_forward_backward(&cfg, &d, 1, NULL, lps, NULL, &m, &e),
+    ck_assert_int_eq(t_forward_backward(&cfg, &d, 1, NULL, lps, NULL, &m, &e),
                      TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, arg);
-    ck_assert_int_eq(tl_forward_backward_reference(&cfg, &d, 1, NULL, lps,
+    ck_assert_int_eq(t_forward_backward_reference(&cfg, &d, 1, NULL, lps,
                                                    NULL, &m, &e),
                      TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, arg);
@@ -304,13 +304,13 @@ START_TEST(test_count_overflow)
     ck_assert_str_eq(e.arg, arg);
     const tl_head head = {x, NULL, 1, 1, 1};
     const tl_hidden hs = {x, (int64_t)1 << 62, 1};
-    ck_assert_int_eq(tl_head_forward_backward(&cfg, &head, &d, &hs, 1, NULL,
+    ck_assert_int_eq(t_head_forward_backward(&cfg, &head, &d, &hs, 1, NULL,
                                               NULL, lps, NULL, &m, &e),
                      TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, arg);
     /* rows x k of a logits view: 2^58 rows of 64 targets */
     const tl_logits lg = {x, TL_F32, (int64_t)1 << 58, 1, 1};
-    ck_assert_int_eq(tl_logprobs_multi(&lg, tok, 64, NULL, lp, NULL, NULL, &e),
+    ck_assert_int_eq(t_logprobs_multi(&lg, tok, 64, NULL, lp, NULL, NULL, &e),
                      TL_ERR_SIZE);
     ck_assert_str_eq(e.arg, "targets");
 }

@@ -153,7 +153,7 @@ START_TEST(test_datum_from_sample)
     const int64_t prompt[4] = {1, 2, 3, 4}, resp[3] = {5, 6, 7};
     const float q[3] = {-0.1f, -0.2f, -0.3f};
     tl_datum_buf d;
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 4, resp, 3, q, 3, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 4, resp, 3, q, 3, 0.5f, &d,
                                           NULL), TL_OK);
     ck_assert_int_eq(d.n, 6);
     const int64_t in[6] = {1, 2, 3, 4, 5, 6}, tg[6] = {2, 3, 4, 5, 6, 7};
@@ -185,25 +185,25 @@ START_TEST(test_datum_from_sample)
     ck_assert_ptr_null(d.input_tokens);
     /* errors: lengths named, NaN logprobs refused, out zeroed */
     tl_error e;
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 4, resp, 3, q, 2, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 4, resp, 3, q, 2, 0.5f, &d,
                                           &e), TL_ERR_SHAPE);
     ck_assert_msg(strstr(e.message, "length 2") && strstr(e.message, "length 3"),
                   "%s", e.message);
     ck_assert_ptr_null(d.input_tokens);
     const float qn[3] = {-0.1f, NAN, -0.3f};
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 4, resp, 3, qn, 3, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 4, resp, 3, qn, 3, 0.5f, &d,
                                           &e), TL_ERR_MISSING);
     ck_assert(strstr(e.message, "logprob 1") != NULL);
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 0, resp, 3, q, 3, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 0, resp, 3, q, 3, 0.5f, &d,
                                           &e), TL_ERR_SIZE);
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 1, resp, 0, q, 0, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 1, resp, 0, q, 0, 0.5f, &d,
                                           &e), TL_ERR_SIZE);
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 4, resp, 3, q, 3, NAN, &d,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 4, resp, 3, q, 3, NAN, &d,
                                           &e), TL_ERR_VALUE);
     const int64_t negp[2] = {1, -1};
-    ck_assert_int_eq(tl_datum_from_sample(negp, 2, resp, 3, q, 3, 0.5f, &d,
+    ck_assert_int_eq(t_datum_from_sample(negp, 2, resp, 3, q, 3, 0.5f, &d,
                                           &e), TL_ERR_TOKEN);
-    ck_assert_int_eq(tl_datum_from_sample(prompt, 4, resp, 3, q, 3, 0.5f,
+    ck_assert_int_eq(t_datum_from_sample(prompt, 4, resp, 3, q, 3, 0.5f,
                                           NULL, &e), TL_ERR_NULL);
 }
 END_TEST

@@ -62,12 +62,12 @@ START_TEST(test_alignment)
     ck_assert_int_eq(tl_shift_tokens(full, L, in, tg, NULL), TL_OK);
     tl_logits all = {x, TL_F32, L, v, v}, first = {x, TL_F32, L - 1, v, v};
     float seq[9], direct[8], cl[10];
-    ck_assert_int_eq(tl_sequence_logprobs(&all, full, NULL, seq, NULL), TL_OK);
-    ck_assert_int_eq(tl_logprobs(&first, tg, NULL, direct, NULL, NULL, NULL),
+    ck_assert_int_eq(t_sequence_logprobs(&all, full, NULL, seq, NULL), TL_OK);
+    ck_assert_int_eq(t_logprobs(&first, tg, NULL, direct, NULL, NULL, NULL),
                      TL_OK);
     ck_assert(memcmp(seq, direct, sizeof direct) == 0);
     cl[9] = SENTINEL_F;
-    ck_assert_int_eq(tl_compute_logprobs(&all, full, NULL, cl, NULL), TL_OK);
+    ck_assert_int_eq(t_compute_logprobs(&all, full, NULL, cl, NULL), TL_OK);
     ck_assert(isnan(cl[0]));
     ck_assert(memcmp(cl + 1, direct, sizeof direct) == 0);
     ck_assert(cl[9] == SENTINEL_F);
@@ -79,7 +79,7 @@ START_TEST(test_alignment)
     /* the last row is never read: NaN there changes nothing */
     x[(L - 1) * v + 3] = NAN;
     float seq2[8];
-    ck_assert_int_eq(tl_sequence_logprobs(&all, full, NULL, seq2, NULL), TL_OK);
+    ck_assert_int_eq(t_sequence_logprobs(&all, full, NULL, seq2, NULL), TL_OK);
     ck_assert(memcmp(seq2, direct, sizeof direct) == 0);
     /* response logprobs line up with the padded sampler logprobs */
     (void)prompt_len;
@@ -88,7 +88,7 @@ START_TEST(test_alignment)
     /* a one-token sequence has nothing to predict */
     tl_logits one = {x, TL_F32, 1, v, v};
     float c1[2] = {SENTINEL_F, SENTINEL_F};
-    ck_assert_int_eq(tl_compute_logprobs(&one, full, NULL, c1, NULL), TL_OK);
+    ck_assert_int_eq(t_compute_logprobs(&one, full, NULL, c1, NULL), TL_OK);
     ck_assert(isnan(c1[0]) && c1[1] == SENTINEL_F);
 }
 END_TEST

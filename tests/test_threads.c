@@ -32,13 +32,13 @@ static void run(tl_dtype dt, tl_dtype gdt)
     for (int ti = 0; ti < ntiers; ti++) {
         ck_assert_int_eq(tl_isa_set(tiers[ti]), TL_OK);
         for (int k = 0; k < 3; k++) {
-            tl_options o = tl_options_default();
+            t_opts o = t_opts_default();
             o.threads = threads[k];
             grad[k] = calloc((size_t)(n * st), es);
             tl_grad gr = {grad[k], gdt, st};
-            ck_assert_int_eq(tl_logprobs(&lg, t, &o, out[k], out[k] + n,
+            ck_assert_int_eq(t_logprobs(&lg, t, &o, out[k], out[k] + n,
                                          out[k] + 2 * n, NULL), TL_OK);
-            ck_assert_int_eq(tl_logprobs_backward(&lg, t, g, ge, &o, &gr,
+            ck_assert_int_eq(t_logprobs_backward(&lg, t, g, ge, &o, &gr,
                                                   NULL), TL_OK);
         }
         for (int k = 1; k < 3; k++) {
@@ -88,9 +88,9 @@ static void *run_job(void *arg)
     job *j = arg;
     float *lps[1] = {j->lp};
     tl_grad gr = {j->grad, TL_F32, j->d.logits.stride};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.threads = 2;
-    j->s = tl_forward_backward(&j->cfg, &j->d, 1, &o, lps, &gr, &j->m, NULL);
+    j->s = t_forward_backward(&j->cfg, &j->d, 1, &o, lps, &gr, &j->m, NULL);
     return NULL;
 }
 

@@ -12,6 +12,7 @@
 #include "tinkerloss.h"
 #include "tinkerloss_io.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,8 +49,9 @@ static int cmd_check(int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         int64_t p = 0, f = 0;
         tl_error e;
-        if (tl_fixture_check_file(argv[i], print_case, NULL, &p, &f, &e)) {
-            fprintf(stderr, "tinkerloss: %s\n", e.message);
+        if (tl_fixture_check_file(NULL, argv[i], print_case, NULL, &p, &f,
+                                  &e)) {
+            fprintf(stderr, "tinkerloss: %s: %s\n", argv[i], e.message);
             unreadable = 1;
             failed++;
             continue;
@@ -61,10 +63,62 @@ static int cmd_check(int argc, char **argv)
     return unreadable ? 2 : failed ? 1 : 0;
 }
 
-static void print_line(void *user, int finding, const char *text)
+/* One finding as a line. */
+static void print_finding(void *user, const tl_finding *f)
 {
     (void)user;
-    printf("%s %s\n", finding ? "FINDING" : "note:", text);
+    const long long i = (long long)f->datum, j = (long long)f->position;
+    printf("%s ", f->is_note ? "note:" : "FINDING");
+    switch (f->kind) {
+    case TL_FINDING_TOKEN:
+        printf("data[%lld].model_input position %lld: token %.0f is "
+               "negative\n", i, j, f->server);
+        break;
+    case TL_FINDING_LENGTH:
+        printf("data[%lld]: model_input has %.0f tokens but target_tokens "
+               "has length %.0f\n", i, f->server, f->recomputed);
+        break;
+    case TL_FINDING_SHIFT:
+        printf("data[%lld] position %lld: target_tokens is %.0f but "
+               "model_input[%lld] is %.0f (targets must be the input shifted "
+               "by one)", i, j, f->server, j + 1, f->recomputed);
+        if (f->count > 1)
+            printf("; %lld positions in all", (long long)f->count);
+        printf("\n");
+        break;
+    case TL_FINDING_OUTPUTS:
+        printf("%s has %.0f values but target_tokens has %.0f\n", f->path,
+               f->server, f->recomputed);
+        break;
+    case TL_FINDING_METRIC:
+    case TL_NOTE_METRIC:
+        printf("metric %s: server %.9g, recomputed %.9g, |difference| %.3g "
+               "(tolerance %.3g)%s\n", f->name, f->server, f->recomputed,
+               fabs(f->server - f->recomputed), f->tolerance,
+               f->is_note ? "" : ": DISAGREES");
+        break;
+    case TL_FINDING_METRIC_TYPE:
+        printf("%s is not a number\n", f->path);
+        break;
+    case TL_FINDING_NO_LOSS:
+        printf("response.metrics has no loss:sum to check (recomputed "
+               "%.9g)\n", f->recomputed);
+        break;
+    case TL_NOTE_UNCHECKED:
+        printf("metric %s = %.9g: not computed by tinkerloss, not checked\n",
+               f->name, f->server);
+        break;
+    case TL_NOTE_SKIPPED:
+        printf("the loss was not recomputed: the request is not "
+               "consistent\n");
+        break;
+    case TL_NOTE_GAP:
+        printf("sampler vs trainer: %s = %.6g\n", f->name, f->recomputed);
+        break;
+    default: /* REQUEST, LOSS: the library's own words */
+        printf("%s\n", f->message);
+        break;
+    }
 }
 
 static int cmd_verify(int argc, char **argv)
@@ -73,7 +127,7 @@ static int cmd_verify(int argc, char **argv)
         return usage(stderr);
     int64_t findings = 0;
     tl_error e;
-    if (tl_verify_file(argv[0], print_line, NULL, &findings, &e)) {
+    if (tl_verify_file(NULL, argv[0], print_finding, NULL, &findings, &e)) {
         fprintf(stderr, "tinkerloss: %s\n", e.message);
         return 2;
     }
@@ -87,7 +141,8 @@ static int cmd_compute(int argc, char **argv)
     const char **logits = calloc((size_t)argc + 1, sizeof *logits);
     int64_t nlogits = 0;
     int grads = 0, in_logits = 0;
-    tl_options o = tl_options_default();
+    double temperature = 1.0;
+    int threads = 0;
     int rc = 2;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -97,10 +152,10 @@ static int cmd_compute(int argc, char **argv)
             grads = 1;
             in_logits = 0;
         } else if (!strcmp(a, "--temperature") && i + 1 < argc) {
-            o.temperature = strtod(argv[++i], NULL);
+            temperature = strtod(argv[++i], NULL);
             in_logits = 0;
         } else if (!strcmp(a, "--threads") && i + 1 < argc) {
-            o.threads = atoi(argv[++i]);
+            threads = atoi(argv[++i]);
             in_logits = 0;
         } else if (!strcmp(a, "-o") && i + 1 < argc) {
             out_path = argv[++i];
@@ -123,10 +178,15 @@ static int cmd_compute(int argc, char **argv)
     }
     char *json = NULL;
     tl_error e;
-    if (tl_compute_file(request, logits, nlogits, &o, grads, &json, &e)) {
-        fprintf(stderr, "tinkerloss: %s\n", e.message);
+    tl_ctx *ctx = tl_ctx_new();
+    if (!ctx || tl_ctx_set(ctx, TL_PARAM_TEMPERATURE, temperature, &e) ||
+        tl_ctx_set(ctx, TL_PARAM_THREADS, threads, &e) ||
+        tl_compute_file(ctx, request, logits, nlogits, grads, &json, &e)) {
+        fprintf(stderr, "tinkerloss: %s\n", ctx ? e.message : "out of memory");
+        tl_ctx_free(ctx);
         goto done;
     }
+    tl_ctx_free(ctx);
     FILE *f = out_path ? fopen(out_path, "w") : stdout;
     if (!f) {
         fprintf(stderr, "tinkerloss: cannot write %s\n", out_path);

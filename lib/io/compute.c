@@ -41,7 +41,7 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
         s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: header too large", path);
         goto done;
     }
-    hdr = malloc(hlen + 1);
+    hdr = tl__malloc(hlen + 1);
     if (!hdr || fread(hdr, 1, hlen, f) != hlen)
         goto truncated;
     hdr[hlen] = '\0';
@@ -79,7 +79,7 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
         goto done;
     }
     if (dims[1] > 0 &&
-        (uint64_t)dims[0] > tl_io_max_bytes() / 4 / (uint64_t)dims[1]) {
+        (uint64_t)dims[0] > tl__io_limit() / 4 / (uint64_t)dims[1]) {
         s = tl__fail(err, TL_ERR_SIZE, path, -1,
                      "%s: shape (%lld, %lld) overflows or exceeds the input "
                      "limit", path, dims[0], dims[1]);
@@ -100,7 +100,7 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
     t->shape[0] = dims[0];
     t->shape[1] = dims[1];
     t->count = dims[0] * dims[1];
-    t->f32 = malloc((size_t)t->count * sizeof(float) + 4);
+    t->f32 = tl__malloc((size_t)t->count * sizeof(float) + 4);
     if (!t->f32) {
         s = tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
         goto done;
@@ -155,7 +155,7 @@ static tl_status read_logits(const char *path, jt *t, uint16_t **bf16,
         return s;
     *lg = (tl_logits){t->f32, TL_F32, t->shape[0], t->shape[1], t->shape[1]};
     if (t->dtype == TL_BF16) {
-        *bf16 = malloc((size_t)t->count * sizeof **bf16 + 2);
+        *bf16 = tl__malloc((size_t)t->count * sizeof **bf16 + 2);
         if (!*bf16)
             return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
         for (int64_t k = 0; k < t->count; k++)
@@ -166,15 +166,15 @@ static tl_status read_logits(const char *path, jt *t, uint16_t **bf16,
     return TL_OK;
 }
 
-tl_status tl_compute_file(const char *request_path,
+tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                           const char *const *logits_paths, int64_t nlogits,
-                          const tl_options *opts, int with_grads,
-                          char **out_json, tl_error *err)
+                          int with_grads, char **out_json, tl_error *err)
 {
     if (!request_path || !out_json || (nlogits > 0 && !logits_paths))
         return tl__fail(err, TL_ERR_NULL, "request_path", -1,
                         "request_path, logits_paths or out_json is NULL");
     *out_json = NULL;
+    tl__io_use(ctx);
     json_t *root;
     tl_status s = tl__jload_file(request_path, &root, err);
     if (s)
@@ -185,13 +185,13 @@ tl_status tl_compute_file(const char *request_path,
     tl_loss_config cfg;
     json_t *data = tl__jget(req, "data");
     int64_t n = json_is_array(data) ? (int64_t)json_array_size(data) : 0;
-    jdatum *d = calloc((size_t)n + 1, sizeof *d);
-    jt *lt = calloc((size_t)n + 1, sizeof *lt);
-    uint16_t **bf = calloc((size_t)n + 1, sizeof *bf);
-    tl_datum *views = calloc((size_t)n + 1, sizeof *views);
-    tl_grad *grads = calloc((size_t)n + 1, sizeof *grads);
-    float **lp = calloc((size_t)n + 1, sizeof *lp);
-    float **gl = calloc((size_t)n + 1, sizeof *gl);
+    jdatum *d = tl__calloc((size_t)n + 1, sizeof *d);
+    jt *lt = tl__calloc((size_t)n + 1, sizeof *lt);
+    uint16_t **bf = tl__calloc((size_t)n + 1, sizeof *bf);
+    tl_datum *views = tl__calloc((size_t)n + 1, sizeof *views);
+    tl_grad *grads = tl__calloc((size_t)n + 1, sizeof *grads);
+    float **lp = tl__calloc((size_t)n + 1, sizeof *lp);
+    float **gl = tl__calloc((size_t)n + 1, sizeof *gl);
     json_t *out = NULL;
     if (!d || !lt || !bf || !views || !grads || !lp || !gl) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
@@ -220,16 +220,18 @@ tl_status tl_compute_file(const char *request_path,
                              &d[i].view.logits, err)))
             break;
         views[i] = d[i].view;
-        lp[i] = malloc((size_t)d[i].in[JD_TARGETS].count * sizeof(float) + 4);
-        gl[i] = with_grads ? malloc((size_t)lt[i].count * sizeof(float) + 4)
+        lp[i] = tl__malloc((size_t)d[i].in[JD_TARGETS].count * sizeof(float) + 4);
+        gl[i] = with_grads ? tl__malloc((size_t)lt[i].count * sizeof(float) + 4)
                            : NULL;
         grads[i] = (tl_grad){gl[i], TL_F32, lt[i].shape[1]};
         if (!lp[i] || (with_grads && !gl[i]))
             s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     }
     tl_metrics m;
-    if (s || (s = tl_forward_backward(&cfg, views, n, opts, lp,
-                                      with_grads ? grads : NULL, &m, err)))
+    const tl_batch batch = {views, n, NULL, NULL};
+    const tl_results res = {lp, with_grads ? grads : NULL, NULL, &m, NULL,
+                            NULL};
+    if (s || (s = tl_forward_backward(ctx, &cfg, &batch, &res, err)))
         goto done;
     json_t *outs = json_array(), *jm = json_object(), *jg = json_array();
     for (int64_t i = 0; i < n; i++) {

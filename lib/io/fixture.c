@@ -24,6 +24,17 @@ typedef struct fcase {
     jt exp_gw, exp_gb;
     float **gh;       /* computed grad hidden */
     float *gw, *gb;
+    int use_head;
+    tl_head head;
+    tl_hidden *hid;   /* n */
+    /* the case's settings and expectations */
+    tl_loss_config cfg;
+    tl_tol tol;
+    double temperature;
+    int64_t tokens;
+    jt *exp_glp;      /* expected grad_logprobs, or NULL */
+    jt *exp_glogits;  /* expected grad_logits, or NULL */
+    json_t *metrics;  /* expected metrics (borrowed) */
 } fcase;
 
 static void fcase_free(fcase *c)
@@ -62,6 +73,15 @@ static void fcase_free(fcase *c)
     free(c->hidden);
     free(c->exp_gh);
     free(c->gh);
+    for (int64_t i = 0; i < c->n; i++) {
+        if (c->exp_glp)
+            tl__jt_free(&c->exp_glp[i]);
+        if (c->exp_glogits)
+            tl__jt_free(&c->exp_glogits[i]);
+    }
+    free(c->exp_glp);
+    free(c->exp_glogits);
+    free(c->hid);
     tl__jt_free(&c->lm_head);
     tl__jt_free(&c->lm_bias);
     tl__jt_free(&c->exp_gw);
@@ -90,7 +110,7 @@ static tl_status tensor_list(json_t *obj, const char *key, const char *path,
         return tl__jfail(err, TL_ERR_JSON, p, -1,
                          "expected an array of %lld entries (one per datum)",
                          (long long)n);
-    *out = calloc((size_t)n + 1, sizeof **out);
+    *out = tl__calloc((size_t)n + 1, sizeof **out);
     if (!*out)
         return tl__fail(err, TL_ERR_NOMEM, p, -1, "out of memory");
     for (int64_t i = 0; i < n; i++) {
@@ -118,13 +138,13 @@ static tl_status same_count(const jt *t, int64_t want, const char *path,
 
 static float **alloc_rows(int64_t n)
 {
-    return calloc((size_t)n + 1, sizeof(float *));
+    return tl__calloc((size_t)n + 1, sizeof(float *));
 }
 
 static tl_status setup_logits(fcase *c, const char *path, tl_error *err)
 {
     char p[TL_PATH_MAX];
-    c->bf16 = calloc((size_t)c->n + 1, sizeof *c->bf16);
+    c->bf16 = tl__calloc((size_t)c->n + 1, sizeof *c->bf16);
     if (!c->bf16)
         return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     for (int64_t i = 0; i < c->n; i++) {
@@ -143,7 +163,7 @@ static tl_status setup_logits(fcase *c, const char *path, tl_error *err)
         tl_logits *lg = &c->d[i].view.logits;
         *lg = (tl_logits){t->f32, TL_F32, rows, t->shape[1], t->shape[1]};
         if (t->dtype == TL_BF16) {
-            c->bf16[i] = malloc((size_t)t->count * sizeof(uint16_t) + 2);
+            c->bf16[i] = tl__malloc((size_t)t->count * sizeof(uint16_t) + 2);
             if (!c->bf16[i])
                 return tl__fail(err, TL_ERR_NOMEM, p, -1, "out of memory");
             for (int64_t k = 0; k < t->count; k++)
@@ -175,10 +195,9 @@ static int is_f32(const jt *t, int ndim)
 
 /* The output projection of a case: "hidden" (one [N_i, d] per datum),
  * "lm_head" [V, d], "lm_head_bias" [V], and the expected grad_hidden,
- * grad_lm_head, grad_lm_head_bias; fills head and hid. */
+ * grad_lm_head, grad_lm_head_bias; fills c->head and c->hid. */
 static tl_status setup_head(fcase *c, json_t *jc, json_t *exp,
-                            const char *path, tl_head *head, tl_hidden *hid,
-                            tl_error *err)
+                            const char *path, tl_error *err)
 {
     char p[TL_PATH_MAX], q[TL_PATH_MAX];
     tl_status s;
@@ -210,11 +229,11 @@ static tl_status setup_head(fcase *c, json_t *jc, json_t *exp,
                          "grad_lm_head must have %lld values and "
                          "grad_lm_head_bias %lld (with a bias)",
                          (long long)(v * d), (long long)v);
-    *head = (tl_head){c->lm_head.f32, c->lm_bias.ndim ? c->lm_bias.f32 : NULL,
-                      v, d, d};
+    c->head = (tl_head){c->lm_head.f32,
+                        c->lm_bias.ndim ? c->lm_bias.f32 : NULL, v, d, d};
     c->gh = alloc_rows(c->n);
-    c->gw = malloc((size_t)(v * d) * sizeof(float));
-    c->gb = malloc((size_t)v * sizeof(float));
+    c->gw = tl__malloc((size_t)(v * d) * sizeof(float));
+    c->gb = tl__malloc((size_t)v * sizeof(float));
     if (!c->gh || !c->gw || !c->gb)
         return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     for (int64_t i = 0; i < c->n; i++) {
@@ -230,216 +249,216 @@ static tl_status setup_head(fcase *c, json_t *jc, json_t *exp,
             return tl__jfail(err, TL_ERR_JSON, q, -1, "expected %lld values",
                              (long long)(rows * d));
         }
-        hid[i] = (tl_hidden){t->f32, rows, d};
-        c->gh[i] = malloc((size_t)(rows * d) * sizeof(float) + 4);
+        c->hid[i] = (tl_hidden){t->f32, rows, d};
+        c->gh[i] = tl__malloc((size_t)(rows * d) * sizeof(float) + 4);
         if (!c->gh[i])
             return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     }
     return TL_OK;
 }
 
-static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
+/* The case's name, loss, datums, tolerance and temperature. */
+static tl_status case_config(json_t *jc, const char *path, fcase *c,
+                             tl_error *e)
 {
-    char path[TL_PATH_MAX], p[TL_PATH_MAX];
-    snprintf(path, sizeof path, "cases[%lld]", (long long)ci);
-    memset(rep, 0, sizeof *rep);
-    rep->passed = 1;
-    fcase c;
-    memset(&c, 0, sizeof c);
-    tl_error e;
-    tl_status s;
-    tl_metrics m;
-#define TRY(expr)                                                              \
-    do {                                                                       \
-        if ((s = (expr))) {                                                    \
-            tl__rep_fail(rep, "%s", e.message);                                \
-            goto done;                                                         \
-        }                                                                      \
-    } while (0)
+    char p[TL_PATH_MAX];
     json_t *name = tl__jget(jc, "name");
-    snprintf(rep->name, sizeof rep->name, "%s",
-             json_is_string(name) ? json_string_value(name) : path);
     if (!json_is_object(jc) || !json_is_string(name))
-        TRY(tl__jfail(&e, TL_ERR_JSON, path, -1,
-                      "a case must be an object with a string \"name\""));
+        return tl__jfail(e, TL_ERR_JSON, path, -1,
+                         "a case must be an object with a string \"name\"");
     snprintf(p, sizeof p, "%s.", path);
-    tl_loss_config cfg;
-    TRY(tl__jconfig_parse(tl__jget(jc, "loss_fn"),
-                          tl__jget(jc, "loss_fn_config"), p, &cfg, &e));
+    tl_status s = tl__jconfig_parse(tl__jget(jc, "loss_fn"),
+                                    tl__jget(jc, "loss_fn_config"), p,
+                                    &c->cfg, e);
+    if (s)
+        return s;
     json_t *data = tl__jget(jc, "data");
     snprintf(p, sizeof p, "%s.data", path);
     if (!json_is_array(data))
-        TRY(tl__jfail(&e, TL_ERR_JSON, p, -1, "missing or not an array"));
-    c.n = (int64_t)json_array_size(data);
-    c.d = calloc((size_t)c.n + 1, sizeof *c.d);
-    c.lp = alloc_rows(c.n);
-    c.glp = alloc_rows(c.n);
-    c.glogits = alloc_rows(c.n);
-    if (!c.d || !c.lp || !c.glp || !c.glogits)
-        TRY(tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory"));
-    int64_t tokens = 0;
-    for (int64_t i = 0; i < c.n; i++) {
+        return tl__jfail(e, TL_ERR_JSON, p, -1, "missing or not an array");
+    c->n = (int64_t)json_array_size(data);
+    c->d = tl__calloc((size_t)c->n + 1, sizeof *c->d);
+    c->lp = alloc_rows(c->n);
+    c->glp = alloc_rows(c->n);
+    c->glogits = alloc_rows(c->n);
+    c->hid = tl__calloc((size_t)c->n + 1, sizeof *c->hid);
+    if (!c->d || !c->lp || !c->glp || !c->glogits || !c->hid)
+        return tl__fail(e, TL_ERR_NOMEM, path, -1, "out of memory");
+    for (int64_t i = 0; i < c->n; i++) {
         snprintf(p, sizeof p, "%s.data[%lld]", path, (long long)i);
-        TRY(tl__jdatum_parse(json_array_get(data, (size_t)i), p, &c.d[i], &e));
-        tokens += targets_of(&c.d[i]);
+        if ((s = tl__jdatum_parse(json_array_get(data, (size_t)i), p,
+                                  &c->d[i], e)))
+            return s;
+        c->tokens += targets_of(&c->d[i]);
     }
-    tl_tol tol = {1e-5, 1e-5};
+    c->tol = (tl_tol){1e-5, 1e-5};
     json_t *jt_ = tl__jget(jc, "tolerance");
     if (jt_) {
         json_t *a = tl__jget(jt_, "atol"), *r = tl__jget(jt_, "rtol");
         snprintf(p, sizeof p, "%s.tolerance", path);
         if (!json_is_object(jt_) || (a && !json_is_number(a)) ||
             (r && !json_is_number(r)))
-            TRY(tl__jfail(&e, TL_ERR_JSON, p, -1,
-                          "expected {\"atol\": number, \"rtol\": number}"));
+            return tl__jfail(e, TL_ERR_JSON, p, -1,
+                             "expected {\"atol\": number, \"rtol\": number}");
         if (a)
-            tol.atol = json_number_value(a);
+            c->tol.atol = json_number_value(a);
         if (r)
-            tol.rtol = json_number_value(r);
-        if (!(tol.atol >= 0 && tol.rtol >= 0))
-            TRY(tl__jfail(&e, TL_ERR_JSON, p, -1,
-                          "atol and rtol must be >= 0"));
+            c->tol.rtol = json_number_value(r);
+        if (!(c->tol.atol >= 0 && c->tol.rtol >= 0))
+            return tl__jfail(e, TL_ERR_JSON, p, -1,
+                             "atol and rtol must be >= 0");
     }
-    tl_options o = tl_options_default();
+    c->temperature = 1.0;
     json_t *temp = tl__jget(jc, "temperature");
     if (temp) {
         snprintf(p, sizeof p, "%s.temperature", path);
         if (!json_is_number(temp))
-            TRY(tl__jfail(&e, TL_ERR_JSON, p, -1, "expected a number"));
-        o.temperature = json_number_value(temp);
+            return tl__jfail(e, TL_ERR_JSON, p, -1, "expected a number");
+        c->temperature = json_number_value(temp);
     }
+    return TL_OK;
+}
+
+/* The expected values, and the logits or the projection they come from. */
+static tl_status case_expected(json_t *jc, const char *path, fcase *c,
+                               tl_error *e)
+{
+    char p[TL_PATH_MAX], q[TL_PATH_MAX];
     json_t *exp = tl__jget(jc, "expected");
     snprintf(p, sizeof p, "%s.expected", path);
-    json_t *metrics = tl__jget(exp, "metrics");
-    if (!json_is_object(exp) || !json_is_object(metrics))
-        TRY(tl__jfail(&e, TL_ERR_JSON, p, -1,
-                      "missing, or without a \"metrics\" object"));
-    jt *exp_glp = NULL, *exp_glogits = NULL;
-    TRY(tensor_list(exp, "loss_fn_outputs", p, c.n, ".logprobs", &c.exp_lp,
-                    &e));
-    if (!c.exp_lp)
-        TRY(tl__jfail(&e, TL_ERR_JSON, p, -1, "missing \"loss_fn_outputs\""));
-    s = tensor_list(exp, "grad_logprobs", p, c.n, "", &exp_glp, &e);
-    if (!s)
-        s = tensor_list(exp, "grad_logits", p, c.n, "", &exp_glogits, &e);
-    if (!s)
-        s = tensor_list(jc, "logits", path, c.n, "", &c.logits, &e);
-    for (int64_t i = 0; !s && i < c.n; i++) {
-        char q[TL_PATH_MAX];
+    c->metrics = tl__jget(exp, "metrics");
+    if (!json_is_object(exp) || !json_is_object(c->metrics))
+        return tl__jfail(e, TL_ERR_JSON, p, -1,
+                         "missing, or without a \"metrics\" object");
+    tl_status s;
+    if ((s = tensor_list(exp, "loss_fn_outputs", p, c->n, ".logprobs",
+                         &c->exp_lp, e)))
+        return s;
+    if (!c->exp_lp)
+        return tl__jfail(e, TL_ERR_JSON, p, -1, "missing \"loss_fn_outputs\"");
+    if ((s = tensor_list(exp, "grad_logprobs", p, c->n, "", &c->exp_glp, e)) ||
+        (s = tensor_list(exp, "grad_logits", p, c->n, "", &c->exp_glogits,
+                         e)) ||
+        (s = tensor_list(jc, "logits", path, c->n, "", &c->logits, e)))
+        return s;
+    for (int64_t i = 0; i < c->n; i++) {
         snprintf(q, sizeof q, "%s.loss_fn_outputs[%lld].logprobs", p,
                  (long long)i);
-        s = same_count(&c.exp_lp[i], targets_of(&c.d[i]), q, &e);
-        if (!s && exp_glp) {
-            snprintf(q, sizeof q, "%s.grad_logprobs[%lld]", p, (long long)i);
-            s = same_count(&exp_glp[i], targets_of(&c.d[i]), q, &e);
-        }
-        c.lp[i] = malloc((size_t)targets_of(&c.d[i]) * sizeof(float) + 4);
-        c.glp[i] = malloc((size_t)targets_of(&c.d[i]) * sizeof(float) + 4);
-        if (!s && (!c.lp[i] || !c.glp[i]))
-            s = tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory");
+        if ((s = same_count(&c->exp_lp[i], targets_of(&c->d[i]), q, e)))
+            return s;
+        snprintf(q, sizeof q, "%s.grad_logprobs[%lld]", p, (long long)i);
+        if (c->exp_glp &&
+            (s = same_count(&c->exp_glp[i], targets_of(&c->d[i]), q, e)))
+            return s;
+        c->lp[i] = tl__malloc((size_t)targets_of(&c->d[i]) * sizeof(float) +
+                              4);
+        c->glp[i] = tl__malloc((size_t)targets_of(&c->d[i]) * sizeof(float) +
+                               4);
+        if (!c->lp[i] || !c->glp[i])
+            return tl__fail(e, TL_ERR_NOMEM, path, -1, "out of memory");
     }
-    const int use_head = tl__jget(jc, "lm_head") || tl__jget(jc, "hidden");
-    tl_head head;
-    tl_hidden *hid = calloc((size_t)c.n + 1, sizeof *hid);
-    if (!s && !hid)
-        s = tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory");
-    if (!s && use_head && c.logits)
-        s = tl__jfail(&e, TL_ERR_JSON, path, -1,
-                      "a case has either \"logits\" or \"hidden\" and "
-                      "\"lm_head\", not both");
-    if (!s && use_head)
-        s = setup_head(&c, jc, exp, path, &head, hid, &e);
-    if (!s && exp_glogits && !c.logits)
-        s = tl__jfail(&e, TL_ERR_JSON, p, -1,
-                      "grad_logits are given but the case has no logits");
-    if (!s && c.logits)
-        s = setup_logits(&c, path, &e);
-    for (int64_t i = 0; !s && exp_glogits && i < c.n; i++) {
-        char q[TL_PATH_MAX];
+    c->use_head = tl__jget(jc, "lm_head") || tl__jget(jc, "hidden");
+    if (c->use_head && c->logits)
+        return tl__jfail(e, TL_ERR_JSON, path, -1,
+                         "a case has either \"logits\" or \"hidden\" and "
+                         "\"lm_head\", not both");
+    if (c->use_head && (s = setup_head(c, jc, exp, path, e)))
+        return s;
+    if (c->exp_glogits && !c->logits)
+        return tl__jfail(e, TL_ERR_JSON, p, -1,
+                         "grad_logits are given but the case has no logits");
+    if (c->logits && (s = setup_logits(c, path, e)))
+        return s;
+    for (int64_t i = 0; c->exp_glogits && i < c->n; i++) {
         snprintf(q, sizeof q, "%s.grad_logits[%lld]", p, (long long)i);
-        s = same_count(&exp_glogits[i], c.logits[i].count, q, &e);
-        c.glogits[i] = malloc((size_t)c.logits[i].count * sizeof(float) + 4);
-        if (!s && !c.glogits[i])
-            s = tl__fail(&e, TL_ERR_NOMEM, path, -1, "out of memory");
+        if ((s = same_count(&c->exp_glogits[i], c->logits[i].count, q, e)))
+            return s;
+        c->glogits[i] = tl__malloc((size_t)c->logits[i].count *
+                                   sizeof(float) + 4);
+        if (!c->glogits[i])
+            return tl__fail(e, TL_ERR_NOMEM, path, -1, "out of memory");
     }
-    if (s) {
-        tl__rep_fail(rep, "%s", e.message);
-        goto free_exp;
-    }
+    return TL_OK;
+}
 
-    tl_datum *views = malloc((size_t)(c.n + 1) * sizeof *views);
-    tl_grad *grads = malloc((size_t)(c.n + 1) * sizeof *grads);
+/* The case's results: from the hidden states, from the logits, or (a
+ * verification) the loss from the expected logprobs. */
+static tl_status case_compute(tl_ctx *ctx, fcase *c, tl_metrics *m,
+                              tl_error *e)
+{
+    tl_status s;
+    if ((s = tl_ctx_set(ctx, TL_PARAM_TEMPERATURE, c->temperature, e)) ||
+        (s = tl_ctx_set(ctx, TL_PARAM_ENTROPY,
+                        tl__jget(c->metrics, "entropy:mean") != NULL, e)))
+        return s;
+    tl_datum *views = tl__malloc((size_t)(c->n + 1) * sizeof *views);
+    tl_grad *grads = tl__malloc((size_t)(c->n + 1) * sizeof *grads);
     if (!views || !grads) {
         free(views);
         free(grads);
-        tl__rep_fail(rep, "out of memory");
-        goto free_exp;
+        return tl__fail(e, TL_ERR_NOMEM, "", -1, "out of memory");
     }
-    for (int64_t i = 0; i < c.n; i++) {
-        views[i] = c.d[i].view;
-        grads[i] = (tl_grad){c.glogits[i], TL_F32, views[i].logits.vocab};
+    for (int64_t i = 0; i < c->n; i++) {
+        views[i] = c->d[i].view;
+        grads[i] = (tl_grad){c->glogits[i], TL_F32, views[i].logits.vocab};
     }
-    if (use_head) {
-        /* full recomputation from the hidden states */
-        o.entropy = tl__jget(metrics, "entropy:mean") != NULL;
-        const tl_head_grads hg = {c.gh, c.gw, head.bias ? c.gb : NULL, 0};
-        s = tl_head_forward_backward(&cfg, &head, views, hid, c.n, &o, NULL,
-                                     c.lp, &hg, &m, &e);
-        if (!s && exp_glp)
-            s = tl_loss_eval(&cfg, views, c.n, (const float *const *)c.lp,
-                             c.glp, NULL, &e);
-    } else if (c.logits) {
-        /* full recomputation from the logits */
-        o.entropy = tl__jget(metrics, "entropy:mean") != NULL;
-        s = tl_forward_backward(&cfg, views, c.n, &o, c.lp,
-                                exp_glogits ? grads : NULL, &m, &e);
-        if (!s && exp_glp)
-            s = tl_loss_eval(&cfg, views, c.n, (const float *const *)c.lp,
-                             c.glp, NULL, &e);
+    const tl_head_grads hg = {c->gh, c->gw, c->head.bias ? c->gb : NULL, 0};
+    const tl_batch batch = {views, c->n, c->use_head ? &c->head : NULL,
+                            c->use_head ? c->hid : NULL};
+    const tl_results res = {c->lp, c->exp_glogits ? grads : NULL,
+                            c->use_head ? &hg : NULL, m, NULL, NULL};
+    if (c->use_head || c->logits) {
+        s = tl_forward_backward(ctx, &c->cfg, &batch, &res, e);
+        if (!s && c->exp_glp)
+            s = tl_loss_eval(&c->cfg, views, c->n,
+                             (const float *const *)c->lp, c->glp, NULL, e);
     } else {
-        /* verification of a server result from its logprobs */
-        for (int64_t i = 0; i < c.n; i++)
-            memcpy(c.lp[i], c.exp_lp[i].f32,
-                   (size_t)c.exp_lp[i].count * sizeof(float));
-        s = tl_loss_eval(&cfg, views, c.n, (const float *const *)c.lp, c.glp,
-                         &m, &e);
+        for (int64_t i = 0; i < c->n; i++)
+            memcpy(c->lp[i], c->exp_lp[i].f32,
+                   (size_t)c->exp_lp[i].count * sizeof(float));
+        s = tl_loss_eval(&c->cfg, views, c->n, (const float *const *)c->lp,
+                         c->glp, m, e);
     }
     free(views);
     free(grads);
-    if (s) {
-        tl__rep_fail(rep, "%s: %s", path, e.message);
-        goto free_exp;
-    }
-    for (int64_t i = 0; c.exp_gh && i < c.n; i++) {
+    return s;
+}
+
+/* Every quantity of the case against its expected values. */
+static void case_compare(const fcase *c, const char *path, const tl_metrics *m,
+                         tl_case_report *rep)
+{
+    char p[TL_PATH_MAX];
+    for (int64_t i = 0; c->exp_gh && i < c->n; i++) {
         snprintf(p, sizeof p, "data[%lld].grad_hidden", (long long)i);
-        tl__rep_elems(rep, p, c.gh[i], c.exp_gh[i].f64, c.exp_gh[i].count,
-                      tol);
+        tl__rep_elems(rep, p, c->gh[i], c->exp_gh[i].f64, c->exp_gh[i].count,
+                      c->tol);
     }
-    if (c.exp_gw.ndim)
-        tl__rep_elems(rep, "grad_lm_head", c.gw, c.exp_gw.f64, c.exp_gw.count,
-                      tol);
-    if (c.exp_gb.ndim)
-        tl__rep_elems(rep, "grad_lm_head_bias", c.gb, c.exp_gb.f64,
-                      c.exp_gb.count, tol);
-    if (c.logits || use_head)
-        for (int64_t i = 0; i < c.n; i++) {
-            snprintf(p, sizeof p, "data[%lld].logprobs", (long long)i);
-            tl__rep_elems(rep, p, c.lp[i], c.exp_lp[i].f64, c.exp_lp[i].count,
-                          tol);
-        }
-    for (int64_t i = 0; exp_glp && i < c.n; i++) {
+    if (c->exp_gw.ndim)
+        tl__rep_elems(rep, "grad_lm_head", c->gw, c->exp_gw.f64,
+                      c->exp_gw.count, c->tol);
+    if (c->exp_gb.ndim)
+        tl__rep_elems(rep, "grad_lm_head_bias", c->gb, c->exp_gb.f64,
+                      c->exp_gb.count, c->tol);
+    for (int64_t i = 0; (c->logits || c->use_head) && i < c->n; i++) {
+        snprintf(p, sizeof p, "data[%lld].logprobs", (long long)i);
+        tl__rep_elems(rep, p, c->lp[i], c->exp_lp[i].f64, c->exp_lp[i].count,
+                      c->tol);
+    }
+    for (int64_t i = 0; c->exp_glp && i < c->n; i++) {
         snprintf(p, sizeof p, "data[%lld].grad_logprobs", (long long)i);
-        tl__rep_elems(rep, p, c.glp[i], exp_glp[i].f64, exp_glp[i].count, tol);
+        tl__rep_elems(rep, p, c->glp[i], c->exp_glp[i].f64,
+                      c->exp_glp[i].count, c->tol);
     }
-    for (int64_t i = 0; exp_glogits && i < c.n; i++) {
+    for (int64_t i = 0; c->exp_glogits && i < c->n; i++) {
         snprintf(p, sizeof p, "data[%lld].grad_logits", (long long)i);
-        tl__rep_elems(rep, p, c.glogits[i], exp_glogits[i].f64,
-                      exp_glogits[i].count, tol);
+        tl__rep_elems(rep, p, c->glogits[i], c->exp_glogits[i].f64,
+                      c->exp_glogits[i].count, c->tol);
     }
     const char *key;
     json_t *val;
-    json_object_foreach(metrics, key, val) {
-        const double *got = tl_metrics_get(&m, key);
+    json_object_foreach(c->metrics, key, val) {
+        const double *got = tl_metrics_get(m, key);
         if (!json_is_number(val))
             tl__rep_fail(rep, "%s.expected.metrics[\"%s\"] is not a number",
                          path, key);
@@ -447,25 +466,37 @@ static void check_case(json_t *jc, int64_t ci, tl_case_report *rep)
             tl__rep_fail(rep, "metric \"%s\" is unknown: tinkerloss does not "
                               "compute it", key);
         else
-            tl__rep_scalar(rep, key, *got, json_number_value(val), tol, tokens);
+            tl__rep_scalar(rep, key, *got, json_number_value(val), c->tol,
+                           c->tokens);
     }
-free_exp:
-    free(hid);
-    for (int64_t i = 0; i < c.n; i++) {
-        if (exp_glp)
-            tl__jt_free(&exp_glp[i]);
-        if (exp_glogits)
-            tl__jt_free(&exp_glogits[i]);
-    }
-    free(exp_glp);
-    free(exp_glogits);
-done:
-    fcase_free(&c);
-#undef TRY
 }
 
-static tl_status check_root(json_t *root, tl_case_fn fn, void *user,
-                            int64_t *passed, int64_t *failed, tl_error *err)
+static void check_case(tl_ctx *ctx, json_t *jc, int64_t ci,
+                       tl_case_report *rep)
+{
+    char path[TL_PATH_MAX];
+    snprintf(path, sizeof path, "cases[%lld]", (long long)ci);
+    memset(rep, 0, sizeof *rep);
+    rep->passed = 1;
+    json_t *name = tl__jget(jc, "name");
+    snprintf(rep->name, sizeof rep->name, "%s",
+             json_is_string(name) ? json_string_value(name) : path);
+    fcase c;
+    memset(&c, 0, sizeof c);
+    tl_error e;
+    tl_metrics m;
+    if (case_config(jc, path, &c, &e) || case_expected(jc, path, &c, &e))
+        tl__rep_fail(rep, "%s", e.message);
+    else if (case_compute(ctx, &c, &m, &e))
+        tl__rep_fail(rep, "%s: %s", path, e.message);
+    else
+        case_compare(&c, path, &m, rep);
+    fcase_free(&c);
+}
+
+static tl_status check_root(tl_ctx *ctx, json_t *root, tl_case_fn fn,
+                            void *user, int64_t *passed, int64_t *failed,
+                            tl_error *err)
 {
     int64_t np = 0, nf = 0;
     json_t *fmt = tl__jget(root, "format");
@@ -481,11 +512,11 @@ static tl_status check_root(json_t *root, tl_case_fn fn, void *user,
     if (!json_is_array(cases))
         return tl__jfail(err, TL_ERR_JSON, "cases", -1,
                          "missing or not an array");
-    tl_case_report *rep = malloc(sizeof *rep);
+    tl_case_report *rep = tl__malloc(sizeof *rep);
     if (!rep)
         return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     for (size_t i = 0; i < json_array_size(cases); i++) {
-        check_case(json_array_get(cases, i), (int64_t)i, rep);
+        check_case(ctx, json_array_get(cases, i), (int64_t)i, rep);
         if (rep->passed)
             np++;
         else
@@ -501,35 +532,45 @@ static tl_status check_root(json_t *root, tl_case_fn fn, void *user,
     return tl__ok(err);
 }
 
-tl_status tl_fixture_check_text(const char *text, tl_case_fn fn, void *user,
-                                int64_t *passed, int64_t *failed,
-                                tl_error *err)
+/* Check the fixture file or text (is_text) with a context of the call's
+ * own, whose settings are the caller's: the cases set the temperature and
+ * the entropy of theirs. */
+static tl_status check_source(tl_ctx *ctx, const char *src, int is_text,
+                              tl_case_fn fn, void *user, int64_t *passed,
+                              int64_t *failed, tl_error *err)
 {
+    if (!src)
+        return tl__fail(err, TL_ERR_NULL, is_text ? "text" : "path", -1,
+                        "%s is NULL", is_text ? "text" : "path");
+    tl_ctx *use = tl_ctx_new();
+    if (!use)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    if (ctx)
+        for (int p = TL_PARAM_THREADS; p <= TL_PARAM_IO_MAX_BYTES; p++)
+            (void)tl_ctx_set(use, (tl_param)p, tl_ctx_get(ctx, (tl_param)p),
+                             NULL);
+    tl__io_use(use);
     json_t *root;
-    tl_status s = tl__jload_text(text, &root, err);
-    if (s)
-        return s;
-    s = check_root(root, fn, user, passed, failed, err);
-    json_decref(root);
+    tl_status s = is_text ? tl__jload_text(src, &root, err)
+                          : tl__jload_file(src, &root, err);
+    if (!s) {
+        s = check_root(use, root, fn, user, passed, failed, err);
+        json_decref(root);
+    }
+    tl_ctx_free(use);
     return s;
 }
 
-tl_status tl_fixture_check_file(const char *path, tl_case_fn fn, void *user,
-                                int64_t *passed, int64_t *failed,
+tl_status tl_fixture_check_text(tl_ctx *ctx, const char *text, tl_case_fn fn,
+                                void *user, int64_t *passed, int64_t *failed,
                                 tl_error *err)
 {
-    if (!path)
-        return tl__fail(err, TL_ERR_NULL, "path", -1, "path is NULL");
-    json_t *root;
-    tl_status s = tl__jload_file(path, &root, err);
-    if (s)
-        return s;
-    s = check_root(root, fn, user, passed, failed, err);
-    json_decref(root);
-    if (s && err) {
-        char msg[sizeof err->message];
-        snprintf(msg, sizeof msg, "%s: %s", path, err->message);
-        memcpy(err->message, msg, sizeof msg);
-    }
-    return s;
+    return check_source(ctx, text, 1, fn, user, passed, failed, err);
+}
+
+tl_status tl_fixture_check_file(tl_ctx *ctx, const char *path, tl_case_fn fn,
+                                void *user, int64_t *passed, int64_t *failed,
+                                tl_error *err)
+{
+    return check_source(ctx, path, 0, fn, user, passed, failed, err);
 }

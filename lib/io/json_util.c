@@ -1,6 +1,7 @@
 /* JSON helpers: TENSOR and Datum parsing with path-naming errors. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, fileno, fstat, dirent */
 #include "json_util.h"
+#include "context.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -33,16 +34,30 @@ uint64_t tl_io_max_bytes(void)
     return io_max;
 }
 
+/* The limit of the context of the call running in this thread (each
+ * entry point of the file formats sets it). */
+static _Thread_local uint64_t io_limit;
+
+void tl__io_use(const tl_ctx *ctx)
+{
+    io_limit = ctx ? ctx->io_max_bytes : 0;
+}
+
+uint64_t tl__io_limit(void)
+{
+    return io_limit ? io_limit : tl_io_max_bytes();
+}
+
 tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err)
 {
     struct stat st;
     if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
-        (uint64_t)st.st_size > tl_io_max_bytes())
+        (uint64_t)st.st_size > tl__io_limit())
         return tl__fail(err, TL_ERR_SIZE, path, -1,
                         "%s: %llu bytes is more than the limit of %llu "
                         "(tl_io_set_max_bytes)", path,
                         (unsigned long long)st.st_size,
-                        (unsigned long long)tl_io_max_bytes());
+                        (unsigned long long)tl__io_limit());
     return TL_OK;
 }
 
@@ -71,11 +86,11 @@ tl_status tl__jload_text(const char *text, json_t **out, tl_error *err)
     if (!text)
         return tl__fail(err, TL_ERR_NULL, "text", -1, "text is NULL");
     const size_t n = strlen(text);
-    if ((uint64_t)n > tl_io_max_bytes())
+    if ((uint64_t)n > tl__io_limit())
         return tl__fail(err, TL_ERR_SIZE, "text", -1,
                         "text of %zu bytes is more than the limit of %llu "
                         "(tl_io_set_max_bytes)", n,
-                        (unsigned long long)tl_io_max_bytes());
+                        (unsigned long long)tl__io_limit());
     json_error_t je;
     *out = json_loads(text, JSON_REJECT_DUPLICATES, &je);
     if (!*out)
@@ -177,7 +192,7 @@ static tl_status int_list(json_t *a, const char *path, const char *key,
                          "%s is %s, expected an array of integers", key,
                          type_name(a));
     *len = (int64_t)json_array_size(a);
-    *out = malloc((size_t)(*len + 1) * sizeof **out);
+    *out = tl__malloc((size_t)(*len + 1) * sizeof **out);
     if (!*out)
         return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     for (int64_t i = 0; i < *len; i++) {
@@ -256,8 +271,8 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
         free(sv);
     }
     /* a float element costs 12 bytes here (float and double copies) */
-    const int64_t cap = (int64_t)(tl_io_max_bytes() / 12 < (uint64_t)(INT64_MAX / 16)
-                                      ? tl_io_max_bytes() / 12
+    const int64_t cap = (int64_t)(tl__io_limit() / 12 < (uint64_t)(INT64_MAX / 16)
+                                      ? tl__io_limit() / 12
                                       : (uint64_t)(INT64_MAX / 16));
     if (dims[1] > 0 && dims[0] > cap / dims[1])
         return tl__jfail(err, TL_ERR_JSON, path, -1,
@@ -279,10 +294,10 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
     t->shape[1] = dims[1];
     t->count = count;
     if (t->dtype == TL_I64) {
-        t->i64 = calloc((size_t)count + 1, sizeof *t->i64);
+        t->i64 = tl__calloc((size_t)count + 1, sizeof *t->i64);
     } else {
-        t->f32 = calloc((size_t)count + 1, sizeof *t->f32);
-        t->f64 = calloc((size_t)count + 1, sizeof *t->f64);
+        t->f32 = tl__calloc((size_t)count + 1, sizeof *t->f32);
+        t->f64 = tl__calloc((size_t)count + 1, sizeof *t->f64);
     }
     if (!t->i64 && (!t->f32 || !t->f64)) {
         tl__jt_free(t);
@@ -393,7 +408,7 @@ tl_status tl__jdatum_parse(json_t *j, const char *path, jdatum *d,
                              "tokens missing or not an array");
         total += (int64_t)json_array_size(toks);
     }
-    d->model_input = malloc((size_t)(total + 1) * sizeof *d->model_input);
+    d->model_input = tl__malloc((size_t)(total + 1) * sizeof *d->model_input);
     if (!d->model_input)
         return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
     for (size_t c = 0; c < json_array_size(chunks) && !s; c++) {
@@ -466,8 +481,8 @@ tl_status tl__jconfig_parse(json_t *loss_fn, json_t *config,
         return tl__jfail(err, TL_ERR_JSON, p, -1,
                          "is %s, expected an object or null",
                          type_name(config));
-    const char **keys = malloc((n + 1) * sizeof *keys);
-    double *vals = malloc((n + 1) * sizeof *vals);
+    const char **keys = tl__malloc((n + 1) * sizeof *keys);
+    double *vals = tl__malloc((n + 1) * sizeof *vals);
     if (!keys || !vals) {
         free(keys);
         free(vals);

@@ -61,7 +61,13 @@ tl_status tl__jfail(tl_error *err, tl_status st, const char *path,
 tl_status tl__jload_file(const char *path, json_t **out, tl_error *err);
 tl_status tl__jload_text(const char *text, json_t **out, tl_error *err);
 
-/* TL_ERR_SIZE if the regular file f is larger than tl_io_max_bytes(). */
+/* The input limit of the calls of this thread: the context's (set by
+ * tl__io_use at every entry point of the file formats), else the
+ * process's. */
+void tl__io_use(const tl_ctx *ctx);
+uint64_t tl__io_limit(void);
+
+/* TL_ERR_SIZE if the regular file f is larger than tl__io_limit(). */
 tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err);
 
 /* A 2-D float32 .npy stream (C order, little-endian) into t. */

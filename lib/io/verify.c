@@ -1,227 +1,308 @@
 /* Verification of a real Tinker call: request consistency and the loss
- * recomputed from the server's logprobs. */
+ * recomputed from the server's logprobs, reported as findings (data; the
+ * command line words them). */
 #include "compare.h"
 #include "json_util.h"
+#include "losses.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct vctx {
-    tl_line_fn fn;
+    tl_finding_fn fn;
     void *user;
-    int64_t findings;
+    int64_t problems;
 } vctx;
 
-static void say(vctx *v, int finding, const char *fmt, ...)
+/* A finding of `kind` at `path` (printf-style), its numbers unset. */
+static tl_finding finding(tl_finding_kind kind, int64_t datum,
+                          int64_t position, const char *fmt, ...)
 #if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
+    __attribute__((format(printf, 4, 5)))
 #endif
     ;
 
-static void say(vctx *v, int finding, const char *fmt, ...)
+static tl_finding finding(tl_finding_kind kind, int64_t datum,
+                          int64_t position, const char *fmt, ...)
 {
-    char line[768];
+    tl_finding f;
+    memset(&f, 0, sizeof f);
+    f.kind = kind;
+    f.is_note = kind >= TL_NOTE_METRIC;
+    f.datum = datum;
+    f.position = position;
+    f.count = 1;
+    f.server = f.recomputed = f.tolerance = NAN;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vsnprintf(f.path, sizeof f.path, fmt, ap);
     va_end(ap);
-    if (finding)
-        v->findings++;
-    if (v->fn)
-        v->fn(v->user, finding, line);
+    return f;
 }
 
-/* model_input against target_tokens: same length, shifted by one. */
+static void emit(vctx *v, const tl_finding *f)
+{
+    if (!f->is_note)
+        v->problems++;
+    if (v->fn)
+        v->fn(v->user, f);
+}
+
+/* model_input against target_tokens: tokens >= 0, same length, shifted by
+ * one (one finding for all the positions that are not). */
 static void check_alignment(vctx *v, const jdatum *d, int64_t i)
 {
     const jt *t = &d->in[JD_TARGETS];
     for (int64_t j = 0; j < d->model_input_len; j++)
-        if (d->model_input[j] < 0)
-            say(v, 1, "data[%lld].model_input position %lld: token %lld is "
-                      "negative", (long long)i, (long long)j,
-                (long long)d->model_input[j]);
+        if (d->model_input[j] < 0) {
+            tl_finding f = finding(TL_FINDING_TOKEN, i, j,
+                                   "request.data[%lld].model_input",
+                                   (long long)i);
+            f.server = (double)d->model_input[j];
+            emit(v, &f);
+        }
     if (t->ndim != 1)
         return; /* (N, K) targets are not a shifted sequence */
     const int64_t n = t->shape[0];
-    if (d->model_input_len != n)
-        say(v, 1, "data[%lld]: model_input has %lld tokens but target_tokens "
-                  "has length %lld", (long long)i,
-            (long long)d->model_input_len, (long long)n);
+    if (d->model_input_len != n) {
+        tl_finding f = finding(TL_FINDING_LENGTH, i, -1, "request.data[%lld]",
+                               (long long)i);
+        f.server = (double)d->model_input_len;
+        f.recomputed = (double)n;
+        emit(v, &f);
+    }
     const int64_t overlap = (n < d->model_input_len ? n : d->model_input_len) - 1;
-    int64_t bad = 0;
+    tl_finding f = finding(TL_FINDING_SHIFT, i, -1,
+                           "request.data[%lld].loss_fn_inputs.target_tokens",
+                           (long long)i);
+    f.count = 0;
     for (int64_t j = 0; j < overlap; j++)
-        if (t->i64[j] != d->model_input[j + 1] && bad++ < 5)
-            say(v, 1, "data[%lld] position %lld: target_tokens is %lld but "
-                      "model_input[%lld] is %lld (targets must be the input "
-                      "shifted by one)", (long long)i, (long long)j,
-                (long long)t->i64[j], (long long)(j + 1),
-                (long long)d->model_input[j + 1]);
-    if (bad > 5)
-        say(v, 1, "data[%lld]: %lld more shifted-token mismatches",
-            (long long)i, (long long)(bad - 5));
+        if (t->i64[j] != d->model_input[j + 1] && f.count++ == 0) {
+            f.position = j;
+            f.server = (double)t->i64[j];
+            f.recomputed = (double)d->model_input[j + 1];
+        }
+    if (f.count > 0)
+        emit(v, &f);
 }
 
-static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
+/* The parsed dump: datums, their views and the server's logprobs. */
+typedef struct vdump {
+    int64_t n;
+    jdatum *d;
+    jt *lp;
+    tl_datum *views;
+    const float **lps;
+} vdump;
+
+static void vdump_free(vdump *p)
+{
+    for (int64_t i = 0; p->d && p->lp && i < p->n; i++) {
+        tl__jdatum_free(&p->d[i]);
+        tl__jt_free(&p->lp[i]);
+    }
+    free(p->d);
+    free(p->lp);
+    free(p->views);
+    free(p->lps);
+}
+
+static tl_status parse_dump(json_t *root, tl_loss_config *cfg, vdump *p,
+                            json_t **metrics, tl_error *err)
 {
     json_t *req = tl__jget(root, "request"), *resp = tl__jget(root, "response");
     if (!json_is_object(req) || !json_is_object(resp))
         return tl__jfail(err, TL_ERR_JSON, "(root)", -1,
                          "expected {\"request\": {...}, \"response\": {...}}");
-    tl_loss_config cfg;
     tl_status s = tl__jconfig_parse(tl__jget(req, "loss_fn"),
                                     tl__jget(req, "loss_fn_config"),
-                                    "request.", &cfg, err);
+                                    "request.", cfg, err);
     if (s)
         return s;
     json_t *data = tl__jget(req, "data");
     json_t *outs = tl__jget(resp, "loss_fn_outputs");
-    json_t *metrics = tl__jget(resp, "metrics");
+    *metrics = tl__jget(resp, "metrics");
     if (!json_is_array(data))
         return tl__jfail(err, TL_ERR_JSON, "request.data", -1,
                          "missing or not an array");
     if (!json_is_array(outs))
         return tl__jfail(err, TL_ERR_JSON, "response.loss_fn_outputs", -1,
                          "missing or not an array");
-    if (!json_is_object(metrics))
+    if (!json_is_object(*metrics))
         return tl__jfail(err, TL_ERR_JSON, "response.metrics", -1,
                          "missing or not an object");
-    const int64_t n = (int64_t)json_array_size(data);
-    if ((int64_t)json_array_size(outs) != n)
+    p->n = (int64_t)json_array_size(data);
+    if ((int64_t)json_array_size(outs) != p->n)
         return tl__jfail(err, TL_ERR_JSON, "response.loss_fn_outputs", -1,
                          "%lld outputs for %lld datums",
-                         (long long)json_array_size(outs), (long long)n);
-    jdatum *d = calloc((size_t)n + 1, sizeof *d);
-    jt *lp = calloc((size_t)n + 1, sizeof *lp);
-    tl_datum *views = calloc((size_t)n + 1, sizeof *views);
-    const float **lps = calloc((size_t)n + 1, sizeof *lps);
-    if (!d || !lp || !views || !lps) {
-        s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
-        goto done;
-    }
-    char p[TL_PATH_MAX];
-    for (int64_t i = 0; i < n && !s; i++) {
-        snprintf(p, sizeof p, "request.data[%lld]", (long long)i);
-        s = tl__jdatum_parse(json_array_get(data, (size_t)i), p, &d[i], err);
-        if (s)
-            break;
-        snprintf(p, sizeof p, "response.loss_fn_outputs[%lld].logprobs",
+                         (long long)json_array_size(outs), (long long)p->n);
+    p->d = tl__calloc((size_t)p->n + 1, sizeof *p->d);
+    p->lp = tl__calloc((size_t)p->n + 1, sizeof *p->lp);
+    p->views = tl__calloc((size_t)p->n + 1, sizeof *p->views);
+    p->lps = tl__calloc((size_t)p->n + 1, sizeof *p->lps);
+    if (!p->d || !p->lp || !p->views || !p->lps)
+        return tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    char path[TL_PATH_MAX];
+    for (int64_t i = 0; i < p->n; i++) {
+        snprintf(path, sizeof path, "request.data[%lld]", (long long)i);
+        if ((s = tl__jdatum_parse(json_array_get(data, (size_t)i), path,
+                                  &p->d[i], err)))
+            return s;
+        snprintf(path, sizeof path, "response.loss_fn_outputs[%lld].logprobs",
                  (long long)i);
-        s = tl__jt_parse(tl__jget(json_array_get(outs, (size_t)i), "logprobs"),
-                         p, &lp[i], err);
-        views[i] = d[i].view;
-        lps[i] = lp[i].f32;
+        if ((s = tl__jt_parse(tl__jget(json_array_get(outs, (size_t)i),
+                                       "logprobs"),
+                              path, &p->lp[i], err)))
+            return s;
+        p->views[i] = p->d[i].view;
+        p->lps[i] = p->lp[i].f32;
     }
-    if (s)
-        goto done;
-    /* consistency of each datum on its own */
+    return TL_OK;
+}
+
+/* Each datum on its own: alignment, outputs, inputs and logprobs. 0 when
+ * the loss can be recomputed. */
+static int check_datums(vctx *v, const tl_loss_config *cfg, const vdump *p,
+                        int64_t *tokens)
+{
     int usable = 1;
-    int64_t tokens = 0;
-    for (int64_t i = 0; i < n; i++) {
-        check_alignment(v, &d[i], i);
-        const int64_t want = d[i].in[JD_TARGETS].count;
-        tokens += want;
+    *tokens = 0;
+    for (int64_t i = 0; i < p->n; i++) {
+        check_alignment(v, &p->d[i], i);
+        const int64_t want = p->d[i].in[JD_TARGETS].count;
+        *tokens += want;
+        char name[TL_PATH_MAX];
+        snprintf(name, sizeof name, "response.loss_fn_outputs[%lld].logprobs",
+                 (long long)i);
         tl_error e;
-        if (lp[i].count != want) {
-            say(v, 1, "response.loss_fn_outputs[%lld].logprobs has %lld "
-                      "values but target_tokens has %lld", (long long)i,
-                (long long)lp[i].count, (long long)want);
+        if (p->lp[i].count != want) {
+            tl_finding f = finding(TL_FINDING_OUTPUTS, i, -1, "%s", name);
+            f.server = (double)p->lp[i].count;
+            f.recomputed = (double)want;
+            emit(v, &f);
             usable = 0;
-        } else if (tl_loss_eval(&cfg, &views[i], 1, &lps[i], NULL, NULL,
-                                &e) != TL_OK) {
-            /* name the datum by its index in the request */
-            const char *msg = strncmp(e.message, "data[0]", 7) == 0
-                                  ? e.message + 7
-                                  : e.message;
-            say(v, 1, "data[%lld]%s%s", (long long)i,
-                msg == e.message ? ": " : "", msg);
+        } else if (tl__eval_datum(cfg, &p->views[i], i, p->lps[i], name,
+                                  &e) != TL_OK) {
+            const int response = strncmp(e.arg, "response.", 9) == 0;
+            tl_finding f = finding(response ? TL_FINDING_LOSS
+                                            : TL_FINDING_REQUEST,
+                                   i, e.index, "%s%s",
+                                   response ? "" : "request.", e.arg);
+            snprintf(f.message, sizeof f.message, "%s", e.message);
+            emit(v, &f);
             usable = 0;
         }
     }
-    if (!usable) {
-        say(v, 0, "the loss was not recomputed: the request is not "
-                  "consistent");
-        goto done;
-    }
-    tl_metrics m;
-    tl_error e;
-    if (tl_loss_eval(&cfg, views, n, lps, NULL, &m, &e) != TL_OK) {
-        say(v, 1, "%s", e.message);
-        goto done;
-    }
+    return usable;
+}
+
+/* The server's metrics against those recomputed from its logprobs. */
+static void check_metrics(vctx *v, json_t *metrics, const tl_metrics *m,
+                          int64_t tokens)
+{
     const tl_tol tol = {1e-5, 1e-5};
     const char *key;
     json_t *val;
     json_object_foreach(metrics, key, val) {
-        const double *got = tl_metrics_get(&m, key);
+        tl_finding f = finding(TL_FINDING_METRIC, -1, -1,
+                               "response.metrics.%s", key);
+        snprintf(f.name, sizeof f.name, "%s", key);
+        const double *got = tl_metrics_get(m, key);
         if (!json_is_number(val)) {
-            say(v, 1, "response.metrics[\"%s\"] is not a number", key);
-            continue;
+            f.kind = TL_FINDING_METRIC_TYPE;
+        } else {
+            f.server = json_number_value(val);
+            if (got) {
+                f.recomputed = *got;
+                f.tolerance = tol.atol * (double)tokens +
+                              tol.rtol * fabs(f.server);
+                if (fabs(f.recomputed - f.server) <= f.tolerance)
+                    f.kind = TL_NOTE_METRIC;
+            } else {
+                f.kind = TL_NOTE_UNCHECKED;
+            }
         }
-        const double sv = json_number_value(val);
-        if (!got) {
-            say(v, 0, "metric %s = %.9g: not computed by tinkerloss, not "
-                      "checked", key, sv);
-            continue;
-        }
-        const double diff = fabs(*got - sv);
-        const double bound = tol.atol * (double)tokens + tol.rtol * fabs(sv);
-        say(v, !(diff <= bound),
-            "metric %s: server %.9g, recomputed %.9g, |difference| %.3g "
-            "(tolerance %.3g)%s", key, sv, *got, diff, bound,
-            diff <= bound ? "" : ": DISAGREES");
+        f.is_note = f.kind >= TL_NOTE_METRIC;
+        emit(v, &f);
     }
-    if (!tl__jget(metrics, "loss:sum"))
-        say(v, 1, "response.metrics has no loss:sum to check (recomputed "
-                  "%.9g)", *tl_metrics_get(&m, "loss:sum"));
+    if (!tl__jget(metrics, "loss:sum")) {
+        tl_finding f = finding(TL_FINDING_NO_LOSS, -1, -1, "response.metrics");
+        snprintf(f.name, sizeof f.name, "loss:sum");
+        f.recomputed = *tl_metrics_get(m, "loss:sum");
+        emit(v, &f);
+    }
     /* the sampler/trainer gap, reported rather than hidden */
     static const char *const gaps[] = {"kl_sample_train_v1:mean",
                                        "kl_sample_train_v2:mean",
                                        "ratio:mean", "ratio:min", "ratio:max"};
     for (size_t k = 0; k < sizeof gaps / sizeof gaps[0]; k++) {
-        const double *g = tl_metrics_get(&m, gaps[k]);
-        if (g && !tl__jget(metrics, gaps[k]))
-            say(v, 0, "sampler vs trainer: %s = %.6g", gaps[k], *g);
+        const double *g = tl_metrics_get(m, gaps[k]);
+        if (!g || tl__jget(metrics, gaps[k]))
+            continue;
+        tl_finding f = finding(TL_NOTE_GAP, -1, -1, "%s", "");
+        snprintf(f.name, sizeof f.name, "%s", gaps[k]);
+        f.recomputed = *g;
+        emit(v, &f);
     }
-done:
-    for (int64_t i = 0; d && lp && i < n; i++) {
-        tl__jdatum_free(&d[i]);
-        tl__jt_free(&lp[i]);
+}
+
+static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
+{
+    tl_loss_config cfg;
+    vdump p;
+    memset(&p, 0, sizeof p);
+    json_t *metrics = NULL;
+    tl_status s = parse_dump(root, &cfg, &p, &metrics, err);
+    int64_t tokens;
+    tl_metrics m;
+    tl_error e;
+    if (s) {
+        /* the dump could not be read */
+    } else if (!check_datums(v, &cfg, &p, &tokens)) {
+        tl_finding f = finding(TL_NOTE_SKIPPED, -1, -1, "%s", "");
+        emit(v, &f);
+    } else if (tl_loss_eval(&cfg, p.views, p.n, p.lps, NULL, &m, &e)) {
+        tl_finding f = finding(TL_FINDING_LOSS, -1, -1, "%s", e.arg);
+        snprintf(f.message, sizeof f.message, "%s", e.message);
+        emit(v, &f);
+    } else {
+        check_metrics(v, metrics, &m, tokens);
     }
-    free(d);
-    free(lp);
-    free(views);
-    free(lps);
+    vdump_free(&p);
     return s;
 }
 
-static tl_status verify_loaded(json_t *root, tl_line_fn fn, void *user,
-                               int64_t *findings, tl_error *err)
+static tl_status verify(tl_ctx *ctx, const char *src, int is_text,
+                        tl_finding_fn fn, void *user, int64_t *problems,
+                        tl_error *err)
 {
+    if (!src)
+        return tl__fail(err, TL_ERR_NULL, is_text ? "text" : "path", -1,
+                        "%s is NULL", is_text ? "text" : "path");
+    tl__io_use(ctx);
+    json_t *root;
+    tl_status s = is_text ? tl__jload_text(src, &root, err)
+                          : tl__jload_file(src, &root, err);
+    if (s)
+        return s;
     vctx v = {fn, user, 0};
-    tl_status s = verify_root(root, &v, err);
+    s = verify_root(root, &v, err);
     json_decref(root);
-    if (findings)
-        *findings = v.findings;
+    if (problems)
+        *problems = v.problems;
     return s ? s : tl__ok(err);
 }
 
-tl_status tl_verify_text(const char *text, tl_line_fn fn, void *user,
-                         int64_t *findings, tl_error *err)
+tl_status tl_verify_text(tl_ctx *ctx, const char *text, tl_finding_fn fn,
+                         void *user, int64_t *problems, tl_error *err)
 {
-    json_t *root;
-    tl_status s = tl__jload_text(text, &root, err);
-    return s ? s : verify_loaded(root, fn, user, findings, err);
+    return verify(ctx, text, 1, fn, user, problems, err);
 }
 
-tl_status tl_verify_file(const char *path, tl_line_fn fn, void *user,
-                         int64_t *findings, tl_error *err)
+tl_status tl_verify_file(tl_ctx *ctx, const char *path, tl_finding_fn fn,
+                         void *user, int64_t *problems, tl_error *err)
 {
-    if (!path)
-        return tl__fail(err, TL_ERR_NULL, "path", -1, "path is NULL");
-    json_t *root;
-    tl_status s = tl__jload_file(path, &root, err);
-    return s ? s : verify_loaded(root, fn, user, findings, err);
+    return verify(ctx, path, 0, fn, user, problems, err);
 }

@@ -2,7 +2,7 @@
  * float bit patterns: NaN, +-inf, denormals, huge and tiny magnitudes),
  * strides, temperatures, token ids and loss inputs. Outputs are guarded by
  * canaries: a write outside them aborts. */
-#include "tinkerloss.h"
+#include "calls.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -100,14 +100,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(g, CANARY, gbytes);
     tl_logits lg = {bf16 ? (const void *)xb : (const void *)x,
                     bf16 ? TL_BF16 : TL_F32, n, v, stride};
-    tl_options o = tl_options_default();
+    t_opts o = t_opts_default();
     o.temperature = temp;
     o.threads = 1 + (int)(take(&r, 1) % 2);
     tl_error err;
     tl_grad gr = {g, gdt && bf16 ? TL_BF16 : TL_F32, stride};
-    (void)tl_logprobs_multi(&lg, t, k, &o, lp, NULL, NULL, &err);
-    (void)tl_logprobs_backward_multi(&lg, t, k, up, NULL, &o, &gr, &err);
-    (void)tl_logprobs_backward_multi(&lg, t, k, up, a, &o, &gr, &err);
+    (void)t_logprobs_multi(&lg, t, k, &o, lp, NULL, NULL, &err);
+    (void)t_logprobs_backward_multi(&lg, t, k, up, NULL, &o, &gr, &err);
+    (void)t_logprobs_backward_multi(&lg, t, k, up, a, &o, &gr, &err);
     static const char *const names[] = {"cross_entropy", "importance_sampling",
                                         "ppo", "cispo", "dro"};
     tl_loss_config cfg;
@@ -120,8 +120,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         d.logits = lg;
         float *lps[1] = {lp};
         tl_metrics m;
-        (void)tl_forward_backward(&cfg, &d, 1, &o, lps, &gr, &m, &err);
-        (void)tl_forward_backward_reference(&cfg, &d, 1, &o, lps, &gr, &m,
+        (void)t_forward_backward(&cfg, &d, 1, &o, lps, &gr, &m, &err);
+        (void)t_forward_backward_reference(&cfg, &d, 1, &o, lps, &gr, &m,
                                             &err);
     }
     /* the output projection: hidden [n, dim] through weight [hv, dim],
@@ -150,7 +150,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const tl_head head = {w, (take(&r, 1) & 1) ? bias : NULL, hv, dim,
                               dim};
         const tl_hidden hs = {hid, n, dim};
-        tl_head_options ho = tl_head_options_default();
+        t_hopts ho = t_hopts_default();
         ho.block_tokens = take(&r, 1) % 5;
         ho.block_vocab = take(&r, 2) % (uint32_t)(hv + 1);
         if (take(&r, 1) & 1)
@@ -162,9 +162,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const tl_head_grads hg = {ghs, (float *)(void *)gw,
                                   (float *)(void *)gb, take(&r, 1) & 1};
         tl_metrics m;
-        (void)tl_head_forward_backward(&cfg, &head, &d, &hs, 1, &o, &ho, lps,
+        (void)t_head_forward_backward(&cfg, &head, &d, &hs, 1, &o, &ho, lps,
                                        &hg, &m, &err);
-        (void)tl_head_backward(&head, &hs, ht, k, up, &o, &ho, &hg, &err);
+        (void)t_head_backward(&head, &hs, ht, k, up, &o, &ho, &hg, &err);
         for (size_t b = (size_t)(n * dim) * 4; b < hn * 4 + 64; b++)
             if (gh[b] != CANARY)
                 abort();

@@ -16,11 +16,10 @@ static void ignore_case(void *user, const tl_case_report *r)
     (void)r;
 }
 
-static void ignore_line(void *user, int finding, const char *text)
+static void ignore_finding(void *user, const tl_finding *f)
 {
     (void)user;
-    (void)finding;
-    (void)text;
+    (void)f;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -35,9 +34,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tl_error err;
     int64_t a, b;
     if (data[0] & 1)
-        (void)tl_verify_text(text, ignore_line, NULL, &a, &err);
+        (void)tl_verify_text(NULL, text, ignore_finding, NULL, &a, &err);
     else
-        (void)tl_fixture_check_text(text, ignore_case, NULL, &a, &b, &err);
+        (void)tl_fixture_check_text(NULL, text, ignore_case, NULL, &a, &b, &err);
     free(text);
     return 0;
 }
