@@ -75,7 +75,7 @@ run_tests() {
         meson test -C "$SAN_DIR" --num-processes "$(nproc)" \
         --print-errorlogs "$@" || rc=$?
     # One line counting every test case of every test program of both runs.
-    python3 tests/summarize.py "$BUILD_DIR/meson-logs/testlog.json" \
+    /usr/bin/python3 tests/summarize.py "$BUILD_DIR/meson-logs/testlog.json" \
         "$SAN_DIR/meson-logs/testlog.json" || rc=1
     return $rc
 }

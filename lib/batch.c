@@ -135,17 +135,26 @@ tl_status tl__batch_sources(tl_ctx *ctx, const tl_loss_config *cfg,
     return TL_OK;
 }
 
-static tl_status run_batch(tl_ctx *ctx, tl__job *job, const tl_batch *batch,
-                           const tl_results *res, tl_error *err)
+/* A batch with a built-in loss (cfg) or a custom one (fn, user). */
+static tl_status run_batch(tl_ctx *ctx, const tl_loss_config *cfg,
+                           tl_custom_loss_fn fn, void *user,
+                           const tl_batch *batch, const tl_results *res,
+                           tl_error *err)
 {
     static const tl_results none;
+    tl__job job;
+    memset(&job, 0, sizeof job);
+    job.mode = cfg ? TL__LOSS : TL__CUSTOM;
+    job.cfg = cfg;
+    job.fn = fn;
+    job.user = user;
     tl_ctx *use;
     tl_status s = tl__ctx_enter(ctx, &use, err);
     if (s)
         return s;
-    if (!(s = tl__batch_sources(use, job->cfg, batch, res ? res : &none, job,
+    if (!(s = tl__batch_sources(use, cfg, batch, res ? res : &none, &job,
                                 err)))
-        s = tl__drive(use, job, err);
+        s = tl__drive(use, &job, err);
     tl__ctx_leave(ctx, use);
     return s;
 }
@@ -156,11 +165,7 @@ tl_status tl_forward_backward(tl_ctx *ctx, const tl_loss_config *cfg,
 {
     if (!cfg)
         return tl__fail(err, TL_ERR_NULL, "cfg", -1, "cfg is NULL");
-    tl__job job;
-    memset(&job, 0, sizeof job);
-    job.mode = TL__LOSS;
-    job.cfg = cfg;
-    return run_batch(ctx, &job, batch, res, err);
+    return run_batch(ctx, cfg, NULL, NULL, batch, res, err);
 }
 
 tl_status tl_forward_backward_custom(tl_ctx *ctx, tl_custom_loss_fn fn,
@@ -169,10 +174,5 @@ tl_status tl_forward_backward_custom(tl_ctx *ctx, tl_custom_loss_fn fn,
 {
     if (!fn)
         return tl__fail(err, TL_ERR_NULL, "fn", -1, "fn is NULL");
-    tl__job job;
-    memset(&job, 0, sizeof job);
-    job.mode = TL__CUSTOM;
-    job.fn = fn;
-    job.user = user;
-    return run_batch(ctx, &job, batch, res, err);
+    return run_batch(ctx, NULL, fn, user, batch, res, err);
 }

@@ -74,72 +74,50 @@ void tl_ctx_free(tl_ctx *c)
     free(c);
 }
 
-/* An integer parameter in [lo, hi] */
-static tl_status whole(double v, double lo, double hi, const char *name,
-                       tl_error *err)
-{
-    if (!(v >= lo && v <= hi) || v != floor(v))
-        return tl__fail(err, TL_ERR_VALUE, name, -1,
-                        "%s must be a whole number in [%g, %g], got %g", name,
-                        lo, hi, v);
-    return TL_OK;
-}
+/* The range of each parameter; all but the temperature are whole
+ * numbers. */
+static const struct {
+    const char *name;
+    double lo, hi;
+} params[] = {
+    [TL_PARAM_THREADS] = {"threads", 0, 1 << 16},
+    [TL_PARAM_ISA] = {"isa", -1, TL_ISA_AVX512},
+    [TL_PARAM_TEMPERATURE] = {"temperature", TL_MIN_TEMPERATURE,
+                              TL_MAX_TEMPERATURE},
+    [TL_PARAM_ENTROPY] = {"entropy", 0, 1},
+    [TL_PARAM_WORKSPACE_BYTES] = {"workspace_bytes", 1, 0x1p62},
+    [TL_PARAM_BLOCK_TOKENS] = {"block_tokens", 0, 0x1p62},
+    [TL_PARAM_BLOCK_VOCAB] = {"block_vocab", 0, 0x1p62},
+    [TL_PARAM_IO_MAX_BYTES] = {"io_max_bytes", 0, 0x1p62},
+};
 
 tl_status tl_ctx_set(tl_ctx *c, tl_param p, double v, tl_error *err)
 {
     if (!c)
         return tl__fail(err, TL_ERR_NULL, "ctx", -1, "ctx is NULL");
-    tl_status s;
-    switch (p) {
-    case TL_PARAM_THREADS:
-        if ((s = whole(v, 0, 1 << 16, "threads", err)))
-            return s;
-        c->threads = (int)v;
-        break;
-    case TL_PARAM_ISA:
-        if ((s = whole(v, -1, TL_ISA_AVX512, "isa", err)))
-            return s;
-        if (v >= 0 && !tl__kernels_for((tl_isa)v))
-            return tl__fail(err, TL_ERR_UNSUPPORTED, "isa", -1,
-                            "this CPU does not support the %s tier",
-                            tl_isa_name((tl_isa)v));
-        c->isa = (int)v;
-        break;
-    case TL_PARAM_TEMPERATURE:
-        if (!(v >= TL_MIN_TEMPERATURE && v <= TL_MAX_TEMPERATURE))
-            return tl__fail(err, TL_ERR_VALUE, "temperature", -1,
-                            "temperature must be finite and in [%g, %g], "
-                            "got %g", TL_MIN_TEMPERATURE, TL_MAX_TEMPERATURE,
-                            v);
-        c->temperature = v;
-        break;
-    case TL_PARAM_ENTROPY:
-        if ((s = whole(v, 0, 1, "entropy", err)))
-            return s;
-        c->entropy = (int)v;
-        break;
-    case TL_PARAM_WORKSPACE_BYTES:
-        if ((s = whole(v, 1, 0x1p62, "workspace_bytes", err)))
-            return s;
-        c->workspace_bytes = (size_t)v;
-        break;
-    case TL_PARAM_BLOCK_TOKENS:
-    case TL_PARAM_BLOCK_VOCAB:
-        if ((s = whole(v, 0, 0x1p62, p == TL_PARAM_BLOCK_TOKENS
-                                         ? "block_tokens"
-                                         : "block_vocab", err)))
-            return s;
-        *(p == TL_PARAM_BLOCK_TOKENS ? &c->block_tokens : &c->block_vocab) =
-            (int64_t)v;
-        break;
-    case TL_PARAM_IO_MAX_BYTES:
-        if ((s = whole(v, 0, 0x1p62, "io_max_bytes", err)))
-            return s;
-        c->io_max_bytes = (uint64_t)v;
-        break;
-    default:
+    if ((int)p < TL_PARAM_THREADS || (int)p > TL_PARAM_IO_MAX_BYTES)
         return tl__fail(err, TL_ERR_CONFIG, "param", (int64_t)p,
                         "unknown context parameter %d", (int)p);
+    const char *name = params[p].name;
+    const int whole = p != TL_PARAM_TEMPERATURE;
+    if (!(v >= params[p].lo && v <= params[p].hi) || (whole && v != floor(v)))
+        return tl__fail(err, TL_ERR_VALUE, name, -1,
+                        "%s must be %s in [%g, %g], got %g", name,
+                        whole ? "a whole number" : "finite and", params[p].lo,
+                        params[p].hi, v);
+    if (p == TL_PARAM_ISA && v >= 0 && !tl__kernels_for((tl_isa)v))
+        return tl__fail(err, TL_ERR_UNSUPPORTED, name, -1,
+                        "this CPU does not support the %s tier",
+                        tl_isa_name((tl_isa)v));
+    switch (p) {
+    case TL_PARAM_THREADS: c->threads = (int)v; break;
+    case TL_PARAM_ISA: c->isa = (int)v; break;
+    case TL_PARAM_TEMPERATURE: c->temperature = v; break;
+    case TL_PARAM_ENTROPY: c->entropy = (int)v; break;
+    case TL_PARAM_WORKSPACE_BYTES: c->workspace_bytes = (size_t)v; break;
+    case TL_PARAM_BLOCK_TOKENS: c->block_tokens = (int64_t)v; break;
+    case TL_PARAM_BLOCK_VOCAB: c->block_vocab = (int64_t)v; break;
+    case TL_PARAM_IO_MAX_BYTES: c->io_max_bytes = (uint64_t)v; break;
     }
     return tl__ok(err);
 }

@@ -34,9 +34,10 @@ static tl_status check_upstream(const float *g, const float *ge, int64_t n,
     return s ? s : ge ? tl__check_finite(ge, n, "ge", err) : TL_OK;
 }
 
-/* One source named `name` over n rows. */
+/* One source named `name` over n rows, with the outputs of a forward
+ * pass (out may be NULL). */
 static tl__src single(const char *name, const int64_t *targets, int64_t n,
-                      int64_t k)
+                      int64_t k, const tl_logprobs_out *out)
 {
     tl__src src;
     memset(&src, 0, sizeof src);
@@ -44,7 +45,22 @@ static tl__src single(const char *name, const int64_t *targets, int64_t n,
     src.targets = targets;
     src.n = n;
     src.k = k;
+    if (out) {
+        src.logprobs = out->logprobs;
+        src.lse = out->lse;
+        src.entropy = out->entropy;
+    }
     return src;
+}
+
+/* A forward pass needs somewhere to put the logprobs of its rows. */
+static tl_status check_out(const tl_logprobs_out *out, int64_t n,
+                           tl_error *err)
+{
+    if (n > 0 && (!out || !out->logprobs))
+        return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
+                        "logprobs is NULL with %lld rows", (long long)n);
+    return TL_OK;
 }
 
 static tl_status run_single(tl_ctx *ctx, tl__mode mode, tl__src *src,
@@ -74,16 +90,11 @@ tl_status tl__logprobs_named(tl_ctx *ctx, const tl_logits *logits,
     const int64_t n = logits->rows;
     if (n == 0)
         return tl__ok(err);
-    if (!out || !out->logprobs)
-        return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
-                        "logprobs is NULL with %lld rows", (long long)n);
-    if ((s = check_targets(targets, n, k, logits->vocab, err)))
+    if ((s = check_out(out, n, err)) ||
+        (s = check_targets(targets, n, k, logits->vocab, err)))
         return s;
-    tl__src src = single(name, targets, n, k);
+    tl__src src = single(name, targets, n, k, out);
     src.logits = logits;
-    src.logprobs = out->logprobs;
-    src.lse = out->lse;
-    src.entropy = out->entropy;
     return run_single(ctx, TL__FORWARD, &src, NULL, NULL, err);
 }
 
@@ -111,7 +122,7 @@ tl_status tl__backward_named(tl_ctx *ctx, const tl_logits *logits,
     if ((s = check_targets(targets, n, k, logits->vocab, err)) ||
         (s = check_upstream(g, ge, n, k, err)))
         return s;
-    tl__src src = single(name, targets, n, k);
+    tl__src src = single(name, targets, n, k, NULL);
     src.logits = logits;
     src.g = g;
     src.ge = ge;
@@ -161,15 +172,10 @@ tl_status tl_head_logprobs(tl_ctx *ctx, const tl_head *head,
         return s;
     if (hidden->rows == 0)
         return tl__ok(err);
-    if (!out || !out->logprobs)
-        return tl__fail(err, TL_ERR_NULL, "logprobs", -1,
-                        "logprobs is NULL with %lld rows",
-                        (long long)hidden->rows);
-    tl__src src = single("hidden", targets, hidden->rows, k);
+    if ((s = check_out(out, hidden->rows, err)))
+        return s;
+    tl__src src = single("hidden", targets, hidden->rows, k, out);
     src.hidden = hidden;
-    src.logprobs = out->logprobs;
-    src.lse = out->lse;
-    src.entropy = out->entropy;
     return run_single(ctx, TL__FORWARD, &src, head, NULL, err);
 }
 
@@ -190,7 +196,7 @@ tl_status tl_head_backward(tl_ctx *ctx, const tl_head *head,
                         "grads.hidden[0] is NULL");
     if (!wanted)
         return tl__ok(err);
-    tl__src src = single("hidden", targets, n, k);
+    tl__src src = single("hidden", targets, n, k, NULL);
     src.hidden = hidden;
     src.g = g;
     src.grad_hidden = grads->hidden ? grads->hidden[0] : NULL;

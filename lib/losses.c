@@ -343,131 +343,175 @@ static int input_role(tl_loss_fn fn, const char *key)
     return takes_clip(fn) ? 1 : 0; /* per-token clip thresholds */
 }
 
+/* "data[i].<key>" in buf (the name of datum i's input key). */
+static const char *input_name(char *buf, size_t size, int64_t i,
+                              const char *key)
+{
+    snprintf(buf, size, "data[%lld].%s", (long long)i, key);
+    return buf;
+}
+
+/* target_tokens: int64, [N] or [N, K], non-negative ids; *n, *k. */
+static tl_status check_targets(const tl_loss_config *cfg, const tl_datum *d,
+                               int64_t i, int64_t *n, int64_t *k,
+                               tl_error *err)
+{
+    char name[96];
+    const tl_tensor *tt = &d->target_tokens;
+    input_name(name, sizeof name, i, "loss_fn_inputs.target_tokens");
+    if (tt->ndim == 0)
+        return tl__fail(err, TL_ERR_MISSING, name, -1, "%s is missing", name);
+    if (tt->dtype != TL_I64 || tt->ndim < 0 || tt->ndim > 2)
+        return tl__fail(err, TL_ERR_DTYPE, name, -1,
+                        "%s must be an int64 tensor of 1 or 2 dimensions",
+                        name);
+    *n = tt->shape[0];
+    *k = tt->ndim == 2 ? tt->shape[1] : 1;
+    if (*n < 0 || *k < 1 || *k > TL_MAX_TARGETS)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s has shape [%lld, %lld] (K must be in [1, %d])",
+                        name, (long long)*n, (long long)*k, TL_MAX_TARGETS);
+    /* n * k per-token values (of 8 bytes) must be addressable */
+    tl_status s = tl__check_count(*n, *k, sizeof(double), name, err);
+    if (s)
+        return s;
+    if (tt->ndim == 2 && cfg && cfg->fn != TL_LOSS_CROSS_ENTROPY &&
+        cfg->fn != TL_LOSS_IMPORTANCE_SAMPLING)
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s is 2-D, which only cross_entropy and "
+                        "importance_sampling accept (loss %s)", name,
+                        tl_loss_fn_name(cfg->fn));
+    if (*n > 0 && !tt->data)
+        return tl__fail(err, TL_ERR_NULL, name, -1, "%s.data is NULL", name);
+    const int64_t *tok = tt->data;
+    for (int64_t t = 0; t < *n * *k; t++)
+        if (tok[t] < 0)
+            return tl__fail(err, TL_ERR_TOKEN, name, t,
+                            "%s[%lld] = %lld is negative", name, (long long)t,
+                            (long long)tok[t]);
+    return TL_OK;
+}
+
+/* One float32 loss input x (spec s) of a datum whose targets are
+ * [n, k] (tt_ndim dimensions): taken by the loss, shaped like the targets
+ * (one per position for the clip thresholds), finite (a NaN sampler
+ * logprob is missing). */
+static tl_status check_input(const tl_loss_config *cfg, const tl_tensor *x,
+                             const input_spec *spec, int64_t i, int64_t n,
+                             int64_t k, int tt_ndim, tl_error *err)
+{
+    char name[96], path[64];
+    snprintf(path, sizeof path, "loss_fn_inputs.%s", spec->key);
+    input_name(name, sizeof name, i, path);
+    const int role = input_role(cfg->fn, spec->key);
+    if (x->ndim == 0)
+        return role == 2 ? tl__fail(err, TL_ERR_MISSING, name, -1,
+                                    "%s is missing: loss %s requires it",
+                                    name, tl_loss_fn_name(cfg->fn))
+                         : TL_OK;
+    if (role == 0)
+        return tl__fail(err, TL_ERR_CONFIG, name, -1,
+                        "%s is not an input of loss %s", name,
+                        tl_loss_fn_name(cfg->fn));
+    if (x->dtype != TL_F32 || x->ndim < 1 || x->ndim > 2)
+        return tl__fail(err, TL_ERR_DTYPE, name, -1,
+                        "%s must be a float32 tensor of 1 or 2 dimensions",
+                        name);
+    const int per_pos = role == 1; /* clip thresholds: one per position */
+    const int64_t xn = x->shape[0], xk = x->ndim == 2 ? x->shape[1] : 1;
+    if (xn != n)
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s has length %lld but target_tokens has length "
+                        "%lld (all arrays must have the same length N)",
+                        name, (long long)xn, (long long)n);
+    if (per_pos ? (x->ndim != 1) : (x->ndim != tt_ndim || xk != k))
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s has shape [%lld, %lld] but target_tokens has "
+                        "shape [%lld, %lld]", name, (long long)xn,
+                        (long long)xk, (long long)n, (long long)k);
+    if (n > 0 && !x->data)
+        return tl__fail(err, TL_ERR_NULL, name, -1, "%s.data is NULL", name);
+    const float *v = x->data;
+    const int64_t len = per_pos ? n : n * k;
+    for (int64_t t = 0; t < len; t++) {
+        if (isfinite(v[t]))
+            continue;
+        if (strcmp(spec->key, "logprobs") == 0 && isnan(v[t]))
+            return tl__fail(err, TL_ERR_MISSING, name, t,
+                            "%s[%lld] is NaN: a missing sampler logprob is "
+                            "not taken as 0", name, (long long)t);
+        return tl__fail(err, TL_ERR_VALUE, name, t,
+                        "%s[%lld] = %g is not finite", name, (long long)t,
+                        (double)v[t]);
+    }
+    return TL_OK;
+}
+
+/* Per-token clip thresholds: low <= high at every position. */
+static tl_status check_clip_order(const tl_loss_config *cfg,
+                                  const tl_datum *d, int64_t i, int64_t n,
+                                  tl_error *err)
+{
+    char name[96];
+    for (int64_t t = 0; t < n; t++) {
+        tl_tokin in;
+        tl__token_inputs(cfg, d, t, 1, &in);
+        if (in.lo > in.hi)
+            return tl__fail(err, TL_ERR_VALUE,
+                            input_name(name, sizeof name, i,
+                                       "loss_fn_inputs.clip_low_threshold"),
+                            t, "%s: position %lld has clip_low_threshold %g "
+                               "> clip_high_threshold %g", name,
+                            (long long)t, in.lo, in.hi);
+    }
+    return TL_OK;
+}
+
+/* The datum's logits: a valid view of n rows holding every target. */
+static tl_status check_datum_logits(const tl_datum *d, int64_t i, int64_t n,
+                                    int64_t k, tl_error *err)
+{
+    char name[96];
+    input_name(name, sizeof name, i, "logits");
+    tl_status s = tl__check_logits(&d->logits, name, err);
+    if (s)
+        return s;
+    if (d->logits.rows != n)
+        return tl__fail(err, TL_ERR_SHAPE, name, -1,
+                        "%s has %lld rows but target_tokens has length %lld",
+                        name, (long long)d->logits.rows, (long long)n);
+    const int64_t *tok = d->target_tokens.data;
+    input_name(name, sizeof name, i, "loss_fn_inputs.target_tokens");
+    for (int64_t t = 0; t < n * k; t++)
+        if (tok[t] >= d->logits.vocab)
+            return tl__fail(err, TL_ERR_TOKEN, name, t,
+                            "%s[%lld] = %lld is outside the vocabulary "
+                            "[0, %lld)", name, (long long)t,
+                            (long long)tok[t], (long long)d->logits.vocab);
+    return TL_OK;
+}
+
 tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
                           int64_t i, int need_logits, tl_datum_shape *shape,
                           tl_error *err)
 {
-    char name[96];
-    const tl_tensor *tt = &d->target_tokens;
-#define NAME(key) (snprintf(name, sizeof name, "data[%lld].%s", (long long)i, key), name)
-    if (tt->ndim == 0)
-        return tl__fail(err, TL_ERR_MISSING,
-                        NAME("loss_fn_inputs.target_tokens"), -1,
-                        "%s is missing", name);
-    if (tt->dtype != TL_I64 || tt->ndim < 0 || tt->ndim > 2)
-        return tl__fail(err, TL_ERR_DTYPE,
-                        NAME("loss_fn_inputs.target_tokens"), -1,
-                        "%s must be an int64 tensor of 1 or 2 dimensions",
-                        name);
-    const int64_t n = tt->shape[0], k = tt->ndim == 2 ? tt->shape[1] : 1;
-    if (n < 0 || k < 1 || k > TL_MAX_TARGETS)
-        return tl__fail(err, TL_ERR_SIZE, NAME("loss_fn_inputs.target_tokens"),
-                        -1, "%s has shape [%lld, %lld] (K must be in [1, %d])",
-                        name, (long long)n, (long long)k, TL_MAX_TARGETS);
-    /* n * k per-token values (of 8 bytes) must be addressable */
-    tl_status sc = tl__check_count(n, k, sizeof(double),
-                                   NAME("loss_fn_inputs.target_tokens"), err);
-    if (sc)
-        return sc;
-    if (tt->ndim == 2 && cfg && cfg->fn != TL_LOSS_CROSS_ENTROPY &&
-        cfg->fn != TL_LOSS_IMPORTANCE_SAMPLING)
-        return tl__fail(err, TL_ERR_SHAPE, NAME("loss_fn_inputs.target_tokens"),
-                        -1, "%s is 2-D, which only cross_entropy and "
-                        "importance_sampling accept (loss %s)", name,
-                        tl_loss_fn_name(cfg->fn));
-    if (n > 0 && !tt->data)
-        return tl__fail(err, TL_ERR_NULL, NAME("loss_fn_inputs.target_tokens"),
-                        -1, "%s.data is NULL", name);
-    const int64_t *tok = tt->data;
-    for (int64_t t = 0; t < n * k; t++)
-        if (tok[t] < 0)
-            return tl__fail(err, TL_ERR_TOKEN,
-                            NAME("loss_fn_inputs.target_tokens"), t,
-                            "%s[%lld] = %lld is negative", name, (long long)t,
-                            (long long)tok[t]);
-    for (size_t s = 0; cfg && s < sizeof inputs / sizeof inputs[0]; s++) {
+    int64_t n = 0, k = 1;
+    tl_status s = check_targets(cfg, d, i, &n, &k, err);
+    if (s)
+        return s;
+    for (size_t q = 0; cfg && q < sizeof inputs / sizeof inputs[0]; q++) {
         const tl_tensor *x =
-            (const tl_tensor *)((const char *)d + inputs[s].offset);
-        const char *key = inputs[s].key;
-        char path[64];
-        snprintf(path, sizeof path, "loss_fn_inputs.%s", key);
-        const int role = input_role(cfg->fn, key);
-        if (x->ndim == 0) {
-            if (role == 2)
-                return tl__fail(err, TL_ERR_MISSING, NAME(path), -1,
-                                "%s is missing: loss %s requires it", name,
-                                tl_loss_fn_name(cfg->fn));
-            continue;
-        }
-        if (role == 0)
-            return tl__fail(err, TL_ERR_CONFIG, NAME(path), -1,
-                            "%s is not an input of loss %s", name,
-                            tl_loss_fn_name(cfg->fn));
-        if (x->dtype != TL_F32 || x->ndim < 1 || x->ndim > 2)
-            return tl__fail(err, TL_ERR_DTYPE, NAME(path), -1,
-                            "%s must be a float32 tensor of 1 or 2 "
-                            "dimensions", name);
-        const int per_pos = role == 1; /* clip thresholds: one per position */
-        const int64_t xn = x->shape[0], xk = x->ndim == 2 ? x->shape[1] : 1;
-        if (xn != n)
-            return tl__fail(err, TL_ERR_SHAPE, NAME(path), -1,
-                            "%s has length %lld but target_tokens has length "
-                            "%lld (all arrays must have the same length N)",
-                            name, (long long)xn, (long long)n);
-        if (per_pos ? (x->ndim != 1) : (x->ndim != tt->ndim || xk != k))
-            return tl__fail(err, TL_ERR_SHAPE, NAME(path), -1,
-                            "%s has shape [%lld, %lld] but target_tokens has "
-                            "shape [%lld, %lld]", name, (long long)xn,
-                            (long long)xk, (long long)n, (long long)k);
-        if (n > 0 && !x->data)
-            return tl__fail(err, TL_ERR_NULL, NAME(path), -1,
-                            "%s.data is NULL", name);
-        const float *v = x->data;
-        const int64_t len = per_pos ? n : n * k;
-        for (int64_t t = 0; t < len; t++) {
-            if (isfinite(v[t]))
-                continue;
-            if (strcmp(key, "logprobs") == 0 && isnan(v[t]))
-                return tl__fail(err, TL_ERR_MISSING, NAME(path), t,
-                                "%s[%lld] is NaN: a missing sampler logprob "
-                                "is not taken as 0", name, (long long)t);
-            return tl__fail(err, TL_ERR_VALUE, NAME(path), t,
-                            "%s[%lld] = %g is not finite", name, (long long)t,
-                            (double)v[t]);
-        }
+            (const tl_tensor *)((const char *)d + inputs[q].offset);
+        if ((s = check_input(cfg, x, &inputs[q], i, n, k,
+                             d->target_tokens.ndim, err)))
+            return s;
     }
     if (cfg && takes_clip(cfg->fn) &&
-        (d->clip_low_threshold.ndim || d->clip_high_threshold.ndim)) {
-        for (int64_t t = 0; t < n; t++) {
-            tl_tokin in;
-            tl__token_inputs(cfg, d, t, 1, &in);
-            if (in.lo > in.hi)
-                return tl__fail(err, TL_ERR_VALUE,
-                                NAME("loss_fn_inputs.clip_low_threshold"), t,
-                                "%s: position %lld has clip_low_threshold %g "
-                                "> clip_high_threshold %g", name,
-                                (long long)t, in.lo, in.hi);
-        }
-    }
-    if (need_logits) {
-        tl_status s = tl__check_logits(&d->logits, NAME("logits"), err);
-        if (s)
-            return s;
-        if (d->logits.rows != n)
-            return tl__fail(err, TL_ERR_SHAPE, NAME("logits"), -1,
-                            "%s has %lld rows but target_tokens has length "
-                            "%lld", name, (long long)d->logits.rows,
-                            (long long)n);
-        for (int64_t t = 0; t < n * k; t++)
-            if (tok[t] >= d->logits.vocab)
-                return tl__fail(err, TL_ERR_TOKEN,
-                                NAME("loss_fn_inputs.target_tokens"), t,
-                                "%s[%lld] = %lld is outside the vocabulary "
-                                "[0, %lld)", name, (long long)t,
-                                (long long)tok[t],
-                                (long long)d->logits.vocab);
-    }
-#undef NAME
+        (d->clip_low_threshold.ndim || d->clip_high_threshold.ndim) &&
+        (s = check_clip_order(cfg, d, i, n, err)))
+        return s;
+    if (need_logits && (s = check_datum_logits(d, i, n, k, err)))
+        return s;
     shape->n = n;
     shape->k = k;
     return TL_OK;

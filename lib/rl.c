@@ -192,16 +192,16 @@ static int seq_reserve(seqbuf *s, int64_t extra)
     int64_t *t = realloc(s->tok, (size_t)cap * sizeof *t);
     if (t)
         s->tok = t;
-    float *a = realloc(s->lp, (size_t)cap * sizeof *a);
-    if (a)
-        s->lp = a;
-    float *b = realloc(s->adv, (size_t)cap * sizeof *b);
-    if (b)
-        s->adv = b;
-    float *c = realloc(s->mask, (size_t)cap * sizeof *c);
-    if (c)
-        s->mask = c;
-    if (!t || !a || !b || !c)
+    /* the three float arrays, each kept if its realloc fails */
+    float **f[3] = {&s->lp, &s->adv, &s->mask};
+    int ok = t != NULL;
+    for (int i = 0; i < 3; i++) {
+        float *p = realloc(*f[i], (size_t)cap * sizeof *p);
+        if (p)
+            *f[i] = p;
+        ok &= p != NULL;
+    }
+    if (!ok)
         return -1;
     s->cap = cap;
     return 0;

@@ -23,6 +23,23 @@ tl_status tl__check_extent(int64_t rows, int64_t vocab, int64_t stride,
     return TL_OK;
 }
 
+/* A [rows, vocab] matrix of dtype at data, rows `stride` apart: the
+ * stride holds a row, the data is there, the extent is addressable. */
+static tl_status check_matrix(const void *data, int64_t rows, int64_t vocab,
+                              int64_t stride, tl_dtype dtype,
+                              const char *name, tl_error *err)
+{
+    if (stride < vocab)
+        return tl__fail(err, TL_ERR_SIZE, name, -1,
+                        "%s.stride %lld is less than vocab %lld", name,
+                        (long long)stride, (long long)vocab);
+    if (rows > 0 && !data)
+        return tl__fail(err, TL_ERR_NULL, name, -1,
+                        "%s.data is NULL with %lld rows", name,
+                        (long long)rows);
+    return tl__check_extent(rows, vocab, stride, dtype, name, err);
+}
+
 tl_status tl__check_logits(const tl_logits *lg, const char *name,
                            tl_error *err)
 {
@@ -40,16 +57,8 @@ tl_status tl__check_logits(const tl_logits *lg, const char *name,
         return tl__fail(err, TL_ERR_SIZE, name, -1,
                         "%s.vocab must be >= 1, got %lld", name,
                         (long long)lg->vocab);
-    if (lg->stride < lg->vocab)
-        return tl__fail(err, TL_ERR_SIZE, name, -1,
-                        "%s.stride %lld is less than vocab %lld", name,
-                        (long long)lg->stride, (long long)lg->vocab);
-    if (lg->rows > 0 && !lg->data)
-        return tl__fail(err, TL_ERR_NULL, name, -1,
-                        "%s.data is NULL with %lld rows", name,
-                        (long long)lg->rows);
-    return tl__check_extent(lg->rows, lg->vocab, lg->stride, lg->dtype, name,
-                        err);
+    return check_matrix(lg->data, lg->rows, lg->vocab, lg->stride, lg->dtype,
+                        name, err);
 }
 
 tl_status tl__check_grad(const tl_grad *gr, const tl_logits *lg,
@@ -65,16 +74,8 @@ tl_status tl__check_grad(const tl_grad *gr, const tl_logits *lg,
         return tl__fail(err, TL_ERR_DTYPE, name, -1,
                         "%s.dtype: a bfloat16 gradient needs bfloat16 "
                         "logits", name);
-    if (gr->stride < lg->vocab)
-        return tl__fail(err, TL_ERR_SIZE, name, -1,
-                        "%s.stride %lld is less than vocab %lld", name,
-                        (long long)gr->stride, (long long)lg->vocab);
-    if (lg->rows > 0 && !gr->data)
-        return tl__fail(err, TL_ERR_NULL, name, -1,
-                        "%s.data is NULL with %lld rows", name,
-                        (long long)lg->rows);
-    return tl__check_extent(lg->rows, lg->vocab, gr->stride, gr->dtype, name,
-                        err);
+    return check_matrix(gr->data, lg->rows, lg->vocab, gr->stride, gr->dtype,
+                        name, err);
 }
 
 tl_status tl__check_tokens(const int64_t *ids, int64_t n, int64_t vocab,

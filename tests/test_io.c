@@ -237,6 +237,13 @@ START_TEST(test_sparse_tensors)
     json_object_set_new(json_object_get(exp, "metrics"), "loss:sum",
                         json_real(-0.5 * lp0));
     run_case(json_deep_copy(c), 1, NULL);
+    /* row pointers that jump past the values and come back: refused before
+     * any column index is read */
+    json_t *bad = json_deep_copy(c);
+    json_object_set_new(json_object_get(inputs_of(bad), "weights"),
+                        "sparse_crow_indices", json_pack("[i,i,i]", 0, 100,
+                                                         1));
+    run_case(bad, 0, "sparse_crow_indices decrease at 1");
     json_object_set_new(json_object_get(inputs_of(c), "weights"),
                         "sparse_col_indices", json_pack("[i]", 4));
     run_case(c, 0, "sparse_col_indices[0] = 4 is outside 1 columns");

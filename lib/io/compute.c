@@ -9,55 +9,42 @@
 
 /* Read a C-order little-endian float32 2-D .npy stream (format 1.0 - 3.0);
  * `path` names it in messages. */
-tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
+/* The header of a .npy stream (format 1.0 - 3.0): a C-order
+ * little-endian float32 2-D array; its shape in dims. */
+static tl_status npy_header(FILE *f, const char *path, long long dims[2],
+                            tl_error *err)
 {
-    memset(t, 0, sizeof *t);
     unsigned char pre[10];
     char *hdr = NULL;
-    tl_status s = tl__check_file_size(f, path, err);
-    if (s)
-        goto done;
-    if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: not a .npy file", path);
-        goto done;
-    }
-    size_t hlen;
-    if (pre[6] == 1) {
-        if (fread(pre + 8, 1, 2, f) != 2)
-            goto truncated;
+    size_t hlen = 0;
+    tl_status s = TL_OK;
+    if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0)
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: not a .npy file",
+                        path);
+    if (pre[6] == 1 && fread(pre + 8, 1, 2, f) == 2) {
         hlen = (size_t)pre[8] | (size_t)pre[9] << 8;
-    } else if (pre[6] == 2 || pre[6] == 3) {
-        unsigned char b[4];
-        if (fread(b, 1, 4, f) != 4)
-            goto truncated;
-        hlen = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16 |
-               (size_t)b[3] << 24;
+    } else if ((pre[6] == 2 || pre[6] == 3) && fread(pre, 1, 4, f) == 4) {
+        hlen = (size_t)pre[0] | (size_t)pre[1] << 8 | (size_t)pre[2] << 16 |
+               (size_t)pre[3] << 24;
+    } else if (pre[6] > 3 || pre[6] < 1) {
+        return tl__fail(err, TL_ERR_JSON, path, -1,
+                        "%s: unsupported .npy version %d", path, pre[6]);
     } else {
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: unsupported .npy version %d", path, pre[6]);
-        goto done;
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
+                        path);
     }
-    if (hlen > (1u << 20)) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: header too large", path);
-        goto done;
-    }
+    if (hlen > (1u << 20))
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: header too large",
+                        path);
     hdr = tl__malloc(hlen + 1);
-    if (!hdr || fread(hdr, 1, hlen, f) != hlen)
-        goto truncated;
+    if (!hdr || fread(hdr, 1, hlen, f) != hlen) {
+        free(hdr);
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
+                        path);
+    }
     hdr[hlen] = '\0';
     /* {'descr': '<f4', 'fortran_order': False, 'shape': (N, V), } */
-    if (!strstr(hdr, "'descr': '<f4'")) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: dtype must be little-endian float32 ('<f4')", path);
-        goto done;
-    }
-    if (!strstr(hdr, "'fortran_order': False")) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: Fortran-order arrays are not supported", path);
-        goto done;
-    }
     const char *sh = strstr(hdr, "'shape': (");
-    long long dims[3];
     int nd = 0;
     if (sh) {
         sh += strlen("'shape': (");
@@ -66,55 +53,65 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
                 sh++;
             if (!isdigit((unsigned char)*sh))
                 break;
-            dims[nd++] = strtoll(sh, (char **)&sh, 10);
+            const long long d = strtoll(sh, (char **)&sh, 10);
+            if (nd < 2)
+                dims[nd] = d;
+            nd++;
             while (*sh == ' ')
                 sh++;
             if (*sh == ',')
                 sh++;
         }
     }
-    if (!sh || nd != 2 || *sh != ')') {
+    if (!strstr(hdr, "'descr': '<f4'"))
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: dtype must be little-endian float32 ('<f4')", path);
+    else if (!strstr(hdr, "'fortran_order': False"))
+        s = tl__fail(err, TL_ERR_JSON, path, -1,
+                     "%s: Fortran-order arrays are not supported", path);
+    else if (!sh || nd != 2 || *sh != ')')
         s = tl__fail(err, TL_ERR_JSON, path, -1,
                      "%s: expected a 2-D array [N, V]", path);
-        goto done;
-    }
+    free(hdr);
+    return s;
+}
+
+tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
+{
+    memset(t, 0, sizeof *t);
+    long long dims[2] = {0, 0};
+    tl_status s = tl__check_file_size(f, path, err);
+    if (s || (s = npy_header(f, path, dims, err)))
+        return s;
     if (dims[1] > 0 &&
-        (uint64_t)dims[0] > tl__io_limit() / 4 / (uint64_t)dims[1]) {
-        s = tl__fail(err, TL_ERR_SIZE, path, -1,
-                     "%s: shape (%lld, %lld) overflows or exceeds the input "
-                     "limit", path, dims[0], dims[1]);
-        goto done;
-    }
+        (uint64_t)dims[0] > tl__io_limit() / 4 / (uint64_t)dims[1])
+        return tl__fail(err, TL_ERR_SIZE, path, -1,
+                        "%s: shape (%lld, %lld) overflows or exceeds the "
+                        "input limit", path, dims[0], dims[1]);
     /* the data must be there before anything is allocated for it */
     const long here = ftell(f);
-    if (here < 0 || fseek(f, 0, SEEK_END) != 0) {
-        s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: not seekable", path);
-        goto done;
-    }
+    if (here < 0 || fseek(f, 0, SEEK_END) != 0)
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: not seekable", path);
     const long end = ftell(f);
     if (end < here || fseek(f, here, SEEK_SET) != 0 ||
         (uint64_t)(end - here) < (uint64_t)dims[0] * (uint64_t)dims[1] * 4u)
-        goto truncated;
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
+                        path);
     t->dtype = TL_F32;
     t->ndim = 2;
     t->shape[0] = dims[0];
     t->shape[1] = dims[1];
     t->count = dims[0] * dims[1];
     t->f32 = tl__malloc((size_t)t->count * sizeof(float) + 4);
-    if (!t->f32) {
-        s = tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
-        goto done;
-    }
-    if (fread(t->f32, sizeof(float), (size_t)t->count, f) != (size_t)t->count)
-        goto truncated;
-    goto done;
-truncated:
-    s = tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated", path);
-done:
-    if (s)
+    if (!t->f32)
+        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
+    if (fread(t->f32, sizeof(float), (size_t)t->count, f) !=
+        (size_t)t->count) {
         tl__jt_free(t);
-    free(hdr);
-    return s;
+        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
+                        path);
+    }
+    return TL_OK;
 }
 
 static tl_status read_npy(const char *path, jt *t, tl_error *err)
@@ -166,6 +163,40 @@ static tl_status read_logits(const char *path, jt *t, uint16_t **bf16,
     return TL_OK;
 }
 
+/* The ForwardBackwardOutput JSON of n datums (targets in d, logits
+ * shapes in lt) from their logprobs lp and metrics m, with their
+ * gradients gl when with_grads; NULL if memory is short. */
+static char *output_json(const jdatum *d, const jt *lt, float *const *lp,
+                         float *const *gl, int64_t n, const tl_metrics *m,
+                         int with_grads)
+{
+    json_t *outs = json_array(), *jm = json_object(), *jg = json_array();
+    for (int64_t i = 0; i < n; i++) {
+        const jt *t = &d[i].in[JD_TARGETS];
+        json_array_append_new(
+            outs, json_pack("{s:o}", "logprobs",
+                            tl__jt_make_f32(lp[i], t->shape[0],
+                                            t->ndim == 2 ? t->shape[1] : 0)));
+        if (with_grads)
+            json_array_append_new(jg, tl__jt_make_f32(gl[i], lt[i].shape[0],
+                                                      lt[i].shape[1]));
+    }
+    for (int k = 0; k < m->count; k++)
+        json_object_set_new(jm, m->items[k].name,
+                            json_real(m->items[k].value));
+    json_t *out = json_pack("{s:s, s:o, s:o}", "loss_fn_output_type",
+                            "ArrayRecord", "loss_fn_outputs", outs,
+                            "metrics", jm);
+    if (with_grads)
+        json_object_set_new(out, "grad_logits", jg);
+    else
+        json_decref(jg);
+    char *text = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9))
+                     : NULL;
+    json_decref(out);
+    return text;
+}
+
 tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                           const char *const *logits_paths, int64_t nlogits,
                           int with_grads, char **out_json, tl_error *err)
@@ -192,7 +223,6 @@ tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
     tl_grad *grads = tl__calloc((size_t)n + 1, sizeof *grads);
     float **lp = tl__calloc((size_t)n + 1, sizeof *lp);
     float **gl = tl__calloc((size_t)n + 1, sizeof *gl);
-    json_t *out = NULL;
     if (!d || !lt || !bf || !views || !grads || !lp || !gl) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
         goto done;
@@ -233,27 +263,7 @@ tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                             NULL};
     if (s || (s = tl_forward_backward(ctx, &cfg, &batch, &res, err)))
         goto done;
-    json_t *outs = json_array(), *jm = json_object(), *jg = json_array();
-    for (int64_t i = 0; i < n; i++) {
-        const jt *t = &d[i].in[JD_TARGETS];
-        json_array_append_new(
-            outs, json_pack("{s:o}", "logprobs",
-                            tl__jt_make_f32(lp[i], t->shape[0],
-                                            t->ndim == 2 ? t->shape[1] : 0)));
-        if (with_grads)
-            json_array_append_new(jg, tl__jt_make_f32(gl[i], lt[i].shape[0],
-                                                      lt[i].shape[1]));
-    }
-    for (int k = 0; k < m.count; k++)
-        json_object_set_new(jm, m.items[k].name, json_real(m.items[k].value));
-    out = json_pack("{s:s, s:o, s:o}", "loss_fn_output_type", "ArrayRecord",
-                    "loss_fn_outputs", outs, "metrics", jm);
-    if (with_grads)
-        json_object_set_new(out, "grad_logits", jg);
-    else
-        json_decref(jg);
-    *out_json = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    if (!*out_json)
+    if (!(*out_json = output_json(d, lt, lp, gl, n, &m, with_grads)))
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "cannot write the output");
 done:
     for (int64_t i = 0; i < n && d; i++) {
@@ -274,7 +284,6 @@ done:
     free(grads);
     free(lp);
     free(gl);
-    json_decref(out);
     json_decref(root);
     return s ? s : tl__ok(err);
 }

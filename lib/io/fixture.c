@@ -37,50 +37,39 @@ typedef struct fcase {
     json_t *metrics;  /* expected metrics (borrowed) */
 } fcase;
 
+/* n tensors and their array (t may be NULL). */
+static void free_tensors(jt *t, int64_t n)
+{
+    for (int64_t i = 0; t && i < n; i++)
+        tl__jt_free(&t[i]);
+    free(t);
+}
+
+/* n buffers and their array (r may be NULL). */
+static void free_rows(void *rows, int64_t n)
+{
+    void **r = rows;
+    for (int64_t i = 0; r && i < n; i++)
+        free(r[i]);
+    free(r);
+}
+
 static void fcase_free(fcase *c)
 {
-    for (int64_t i = 0; i < c->n; i++) {
-        if (c->d)
-            tl__jdatum_free(&c->d[i]);
-        if (c->logits)
-            tl__jt_free(&c->logits[i]);
-        if (c->exp_lp)
-            tl__jt_free(&c->exp_lp[i]);
-        if (c->bf16)
-            free(c->bf16[i]);
-        if (c->lp)
-            free(c->lp[i]);
-        if (c->glp)
-            free(c->glp[i]);
-        if (c->glogits)
-            free(c->glogits[i]);
-    }
+    for (int64_t i = 0; c->d && i < c->n; i++)
+        tl__jdatum_free(&c->d[i]);
     free(c->d);
-    free(c->logits);
-    free(c->bf16);
-    free(c->exp_lp);
-    free(c->lp);
-    free(c->glp);
-    free(c->glogits);
-    for (int64_t i = 0; i < c->n; i++) {
-        if (c->hidden)
-            tl__jt_free(&c->hidden[i]);
-        if (c->exp_gh)
-            tl__jt_free(&c->exp_gh[i]);
-        if (c->gh)
-            free(c->gh[i]);
-    }
-    free(c->hidden);
-    free(c->exp_gh);
-    free(c->gh);
-    for (int64_t i = 0; i < c->n; i++) {
-        if (c->exp_glp)
-            tl__jt_free(&c->exp_glp[i]);
-        if (c->exp_glogits)
-            tl__jt_free(&c->exp_glogits[i]);
-    }
-    free(c->exp_glp);
-    free(c->exp_glogits);
+    free_tensors(c->logits, c->n);
+    free_tensors(c->exp_lp, c->n);
+    free_tensors(c->hidden, c->n);
+    free_tensors(c->exp_gh, c->n);
+    free_tensors(c->exp_glp, c->n);
+    free_tensors(c->exp_glogits, c->n);
+    free_rows(c->bf16, c->n);
+    free_rows(c->lp, c->n);
+    free_rows(c->glp, c->n);
+    free_rows(c->glogits, c->n);
+    free_rows(c->gh, c->n);
     free(c->hid);
     tl__jt_free(&c->lm_head);
     tl__jt_free(&c->lm_bias);

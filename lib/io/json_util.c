@@ -218,6 +218,51 @@ static tl_status put(jt *t, json_t *e, const char *path, int64_t src,
     return parse_float(e, path, src, t->dtype, &t->f32[at], &t->f64[at], err);
 }
 
+/* A 2-D CSR tensor's values into t (zeroed, t->shape set): data holds the
+ * nnz values of rows crow[r] .. crow[r + 1]. The row pointers are checked
+ * whole (0 first, nnz last, never decreasing) before any value is read. */
+static tl_status put_csr(jt *t, json_t *data, json_t *crow, json_t *col,
+                         const char *path, tl_error *err)
+{
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    const int64_t nvals = (int64_t)json_array_size(data);
+    int64_t *cr = NULL, *cc = NULL, ncr = 0, ncc = 0;
+    tl_status s;
+    if ((s = int_list(crow, path, "sparse_crow_indices", &cr, &ncr, err)) ||
+        (s = int_list(col, path, "sparse_col_indices", &cc, &ncc, err)))
+        goto done;
+    if (ncr != rows + 1 || cr[0] != 0 || cr[rows] != nvals || ncc != nvals) {
+        s = tl__jfail(err, TL_ERR_JSON, path, -1,
+                      "sparse indices do not match: %lld row pointers for "
+                      "%lld rows, %lld columns and %lld values",
+                      (long long)ncr, (long long)rows, (long long)ncc,
+                      (long long)nvals);
+        goto done;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        if (cr[r + 1] < cr[r]) {
+            s = tl__jfail(err, TL_ERR_JSON, path, r,
+                          "sparse_crow_indices decrease at %lld",
+                          (long long)r);
+            goto done;
+        }
+    for (int64_t r = 0; r < rows && !s; r++)
+        for (int64_t q = cr[r]; q < cr[r + 1] && !s; q++) {
+            if (cc[q] >= cols)
+                s = tl__jfail(err, TL_ERR_JSON, path, q,
+                              "sparse_col_indices[%lld] = %lld is outside "
+                              "%lld columns", (long long)q, (long long)cc[q],
+                              (long long)cols);
+            else
+                s = put(t, json_array_get(data, (size_t)q), path, q,
+                        r * cols + cc[q], err);
+        }
+done:
+    free(cr);
+    free(cc);
+    return s;
+}
+
 tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
 {
     memset(t, 0, sizeof *t);
@@ -308,36 +353,7 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
         for (int64_t i = 0; i < count && !s; i++)
             s = put(t, json_array_get(data, (size_t)i), path, i, i, err);
     } else {
-        /* CSR: data holds the nnz values of rows crow[r] .. crow[r+1] */
-        int64_t *cr = NULL, *cc = NULL, ncr = 0, ncc = 0;
-        if (!(s = int_list(crow, path, "sparse_crow_indices", &cr, &ncr, err)) &&
-            !(s = int_list(col, path, "sparse_col_indices", &cc, &ncc, err))) {
-            if (ncr != dims[0] + 1 || cr[0] != 0 || cr[dims[0]] != nvals ||
-                ncc != nvals)
-                s = tl__jfail(err, TL_ERR_JSON, path, -1,
-                              "sparse indices do not match: %lld row "
-                              "pointers for %lld rows, %lld columns and %lld "
-                              "values", (long long)ncr, (long long)dims[0],
-                              (long long)ncc, (long long)nvals);
-            for (int64_t r = 0; r < dims[0] && !s; r++) {
-                if (cr[r + 1] < cr[r])
-                    s = tl__jfail(err, TL_ERR_JSON, path, r,
-                                  "sparse_crow_indices decrease at %lld",
-                                  (long long)r);
-                for (int64_t q = cr[r]; q < cr[r + 1] && !s; q++) {
-                    if (cc[q] >= dims[1])
-                        s = tl__jfail(err, TL_ERR_JSON, path, q,
-                                      "sparse_col_indices[%lld] = %lld is "
-                                      "outside %lld columns", (long long)q,
-                                      (long long)cc[q], (long long)dims[1]);
-                    else
-                        s = put(t, json_array_get(data, (size_t)q), path, q,
-                                r * dims[1] + cc[q], err);
-                }
-            }
-        }
-        free(cr);
-        free(cc);
+        s = put_csr(t, data, crow, col, path, err);
     }
     if (s)
         tl__jt_free(t);
