@@ -490,6 +490,11 @@ int main(int argc, char **argv)
     const int all = 1;
 #endif
     if (c.head > 0) {
+#ifndef TL_BENCH_HEAD
+        fprintf(stderr, "ppo_bench: --head needs a build with OpenBLAS "
+                        "(-Dblas=enabled)\n");
+        return 2;
+#else
         const head_cfg hc = {c.n, c.v, c.head, c.loss,
                              c.threads > 0 ? c.threads : all, c.repeat,
                              c.json, c.mode != 0,
@@ -497,6 +502,7 @@ int main(int argc, char **argv)
                              c.block_vocab};
         const int rc = head_bench(&hc);
         return rc == 2 ? usage() : rc;
+#endif
     }
     /* aligned for bw_pattern's 64-byte vectors */
     bw_a = aligned_alloc(4096, BW_BYTES);
