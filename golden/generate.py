@@ -155,18 +155,24 @@ def metrics_of(fn, config, datums, lps, ents, extra):
     ntok = sum(lp.numel() for lp in lps)
     out["tokens:sum"] = float(ntok)
     if fn != "cross_entropy":
-        rs, k1, k2, clipped = [], 0.0, 0.0, 0
+        rs, k1, k2, qsum, clipped = [], 0.0, 0.0, 0.0, 0
         for d, lp in zip(datums, lps):
             q = torch.tensor(d["inputs"]["logprobs"], dtype=torch.float64)
-            a = torch.tensor(d["inputs"]["advantages"], dtype=torch.float64)
             # the library's loss and metrics see the returned float32 logprobs
             lpd = lp.detach().reshape(-1).to(torch.float32).to(torch.float64)
-            sampled = (a != 0) | (q != 0)
+            # the tokens the cookbook's compute_kl_sample_train counts
+            # (rl/metrics.py): mask > 0; without a mask, the sampled ones
+            # (q != 0: prompt padding has q = 0)
+            if "mask" in d["inputs"]:
+                sampled = torch.tensor(d["inputs"]["mask"]) > 0
+            else:
+                sampled = q != 0
             r = torch.exp(lpd - q)[sampled]
             rs += r.tolist()
             diff = (q - lpd)[sampled]
             k1 += float(diff.sum())
             k2 += float((0.5 * diff * diff).sum())
+            qsum += float(q[sampled].sum())
             if fn in DEFAULTS:
                 lo, hi = thresholds(fn, config, d["inputs"], q)
                 clipped += int(((r < lo[sampled]) | (r > hi[sampled])).sum())
@@ -177,6 +183,7 @@ def metrics_of(fn, config, datums, lps, ents, extra):
             out["ratio:max"] = max(rs)
             out["kl_sample_train_v1:mean"] = k1 / n
             out["kl_sample_train_v2:mean"] = k2 / n
+            out["sampler_entropy:mean"] = -qsum / n
             if fn in DEFAULTS:
                 out["clip_fraction:mean"] = clipped / n
     if ents is not None:
@@ -490,6 +497,36 @@ def sequences_file():
     d = {"input": full[:-1], "targets": full[1:], "inputs": {"logprobs": q, "advantages": a}}
     cases.append(make_case("ppo_multi_turn_observation_action", "ppo", None, [d], [x],
                            extra=True))
+    # the cookbook's client-side mask: a turn whose action failed to parse
+    # keeps its sampler logprobs but has mask 0 and advantage 0
+    # (rl/data_processing.py, trajectory_to_data), and a discounted KL
+    # penalty against a reference model (rl/metrics.py,
+    # incorporate_kl_penalty, in float32 as there) spreads non-zero
+    # advantages into the observation positions: the sampler/trainer
+    # metrics count the tokens with mask > 0 only (compute_kl_sample_train)
+    ob3, ac3 = [11, 3], [2, 7]
+    full = ob1 + ac1 + ob2 + ac2 + ob3 + ac3
+    mask = [0] * 3 + [1] * 2 + [0] * 2 + [1] * 3 + [0] * 2 + [0] * 2
+    parse_error = [0] * 12 + [1] * 2
+    x = random_logits(rng, len(full) - 1, 12)
+    lp = true_logprobs(x, full[1:])
+    q = [f32(l + 0.05 * rng.normal()) if m or e else 0.0
+         for l, m, e in zip(lp, mask[1:], parse_error[1:])]
+    ref = [f32(l + 0.2 * rng.normal()) for l in lp]
+    m = torch.tensor(mask[1:], dtype=torch.float32)
+    dkl = (torch.tensor(q) - torch.tensor(ref)) * m
+    avg = dkl.sum() / m.sum()
+    pen = 0.4 * m * (avg - dkl)
+    for t in range(len(pen) - 2, -1, -1):
+        pen[t] = pen[t] + 0.9 * pen[t + 1]
+    a = (torch.tensor([0.6 if mm else 0.0 for mm in mask[1:]]) + pen).tolist()
+    assert any(av != 0 and mm == 0 for av, mm in zip(a, mask[1:]))
+    d = {"input": full[:-1], "targets": full[1:],
+         "inputs": {"logprobs": q, "advantages": [f32(v) for v in a],
+                    "mask": [float(mm) for mm in mask[1:]]}}
+    for fn in ("importance_sampling", "ppo"):
+        cases.append(make_case(f"{fn}_mask_kl_penalty_and_parse_error", fn,
+                               None, [d], [x], extra=True))
     return cases
 
 

@@ -404,6 +404,12 @@ static inline tl_tensor tl_tensor_2d(const void *data, tl_dtype dtype,
  *   advantages           float32, shape of target_tokens the other four
  *   clip_low_threshold   float32 [N], optional per-token override of the
  *   clip_high_threshold  config (ppo, cispo)
+ *   mask                 float32 [N], optional, any loss: the client-side
+ *                        mask the tinker-cookbook builds (1 on the action
+ *                        tokens a policy sampled, 0 elsewhere) and removes
+ *                        before sending. Never part of the loss: it only
+ *                        chooses the tokens the sampler/trainer metrics
+ *                        count (see tl_forward_backward).
  * Every input must have the same length N ("all arrays must have the same
  * length N"): a mismatch is TL_ERR_SHAPE naming both inputs and lengths.
  * Sampler logprobs must not be NaN (a missing logprob is never taken as 0).
@@ -418,6 +424,7 @@ typedef struct tl_datum {
     tl_tensor clip_low_threshold;
     tl_tensor clip_high_threshold;
     tl_logits logits; /* [N, V]; ignored by tl_loss_eval */
+    tl_tensor mask;
 } tl_datum;
 
 /* Rows [row0, row0 + rows) of a logits view (no check; see the caller). */
@@ -430,24 +437,60 @@ static inline tl_logits tl_logits_rows(tl_logits lg, int64_t row0,
     return lg;
 }
 
-/* Scalar metrics named "name:reduction", reduction in sum/mean/min/max. */
+/* Scalar metrics. The library's own are named "name:reduction" as the
+ * server's are (reduction: how chunks of a batch combine, see
+ * tl_metrics_combine); a custom loss may add any name (the tinker SDK
+ * merges those as they are). */
 #define TL_MAX_METRICS 32
 typedef struct tl_metric {
     char name[64];
     double value;
+    int is_int;      /* 0: value; 1: the integer ivalue, exactly (value
+                        holds it rounded); 2: the unsigned integer
+                        (uint64_t)ivalue. Only the hash reductions of
+                        tl_metrics_combine make integers. */
+    int64_t ivalue;
 } tl_metric;
 typedef struct tl_metrics {
     int count;
     tl_metric items[TL_MAX_METRICS];
 } tl_metrics;
 
-/* Add or replace a metric. TL_ERR_VALUE if the name is not
- * "name:reduction" with a known reduction or is too long, TL_ERR_SIZE if
+/* Add or replace a metric (any non-empty name of at most 63 bytes).
+ * TL_ERR_NULL, TL_ERR_VALUE for an empty or too long name, TL_ERR_SIZE if
  * the set is full. */
 TL_API tl_status tl_metrics_set(tl_metrics *m, const char *name,
                                 double value);
 /* Pointer to the value of a metric, or NULL if absent. */
 TL_API const double *tl_metrics_get(const tl_metrics *m, const char *name);
+
+/*
+ * The metrics of a batch split into chunks, combined as the tinker SDK
+ * combines the results of its chunked forward_backward calls
+ * (tinker/lib/chunked_fwdbwd_helpers.py, combine_fwd_bwd_output_results;
+ * SDK 0.25 and 0.26): the keys are those of the first chunk, each
+ * "name:reduction" with one colon, and chunk c weighs ndatums[c] (its
+ * loss_fn_outputs):
+ *   sum, min, max          over the chunks (NaN propagates)
+ *   mean                   sum(w v) / sum(w)
+ *   slack                  max(v) - mean
+ *   unique                 key: chunk 0's value, key_1, key_2, ...: the
+ *                          others'
+ *   hash_unordered (0.25)  the hash of the sorted integer values (Python's
+ *                          hash of a tuple of ints), as an integer
+ *   hash2 (0.26)           the sum of the integer values modulo 2^64, as
+ *                          an unsigned integer
+ * Sums are numpy's (pairwise), so the results match the SDK's bit for
+ * bit. A key missing from a chunk, or with another reduction, is left out.
+ * A chunk's loss_fn_outputs are concatenated by the caller.
+ * Errors: TL_ERR_NULL, TL_ERR_SIZE (nchunks < 0, a negative weight, more
+ * keys than fit), TL_ERR_VALUE (a key without exactly one colon, as the
+ * SDK raises; all weights 0 for a mean or slack; a hash of a NaN or
+ * infinite value), naming the key.
+ */
+TL_API tl_status tl_metrics_combine(const tl_metrics *chunks,
+                                    const int64_t *ndatums, int64_t nchunks,
+                                    tl_metrics *out, tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Batches: forward_backward                                                 */
@@ -527,14 +570,23 @@ typedef struct tl_results {
  *   loss:sum                  always (summed in double in datum/token order)
  *   tokens:sum                number of target tokens
  *   ratio:mean, ratio:min, ratio:max, kl_sample_train_v1:mean
- *   (mean of q - lp), kl_sample_train_v2:mean (mean of (q - lp)^2 / 2)
- *                             losses with sampler logprobs, over sampled
- *                             tokens (those with A != 0 or q != 0: prompt
- *                             padding has both 0); omitted if there are none
+ *   (mean of q - lp), kl_sample_train_v2:mean (mean of (q - lp)^2 / 2),
+ *   sampler_entropy:mean (-mean of q)
+ *                             losses with sampler logprobs, over the
+ *                             sampled tokens: with a datum's mask those
+ *                             with mask > 0, without it those with q != 0
+ *                             (prompt padding has q = 0; never chosen by
+ *                             the advantage, which a discounted KL penalty
+ *                             spreads into the prompt); omitted if there
+ *                             are none. These are the tinker-cookbook's
+ *                             optim/kl_sample_train_v1, _v2 and
+ *                             optim/entropy (rl/metrics.py,
+ *                             compute_kl_sample_train), taken over the
+ *                             tokens of the whole batch.
  *   clip_fraction:mean        ppo, cispo: sampled tokens with r outside
  *                             [lo, hi]
- *   entropy:mean              with TL_PARAM_ENTROPY: mean entropy per
- *                             position
+ *   entropy:mean              with TL_PARAM_ENTROPY: mean entropy of the
+ *                             trainer's distribution per position
  * Results do not depend on the thread count, nor on the other datums of
  * the batch, bit for bit.
  * Errors: all of tl_logprobs' and tl_loss_config_init's, TL_ERR_SHAPE,

@@ -125,45 +125,6 @@ tl_status tl_loss_config_init(tl_loss_config *cfg, const char *loss_fn,
     return tl__ok(err);
 }
 
-/* ---- metrics ------------------------------------------------------------- */
-
-tl_status tl_metrics_set(tl_metrics *m, const char *name, double value)
-{
-    if (!m || !name)
-        return TL_ERR_NULL;
-    const char *colon = strrchr(name, ':');
-    if (!colon || colon == name || strlen(name) >= sizeof m->items[0].name)
-        return TL_ERR_VALUE;
-    static const char *const red[] = {"sum", "mean", "min", "max"};
-    int ok = 0;
-    for (int i = 0; i < 4; i++)
-        ok |= strcmp(colon + 1, red[i]) == 0;
-    if (!ok)
-        return TL_ERR_VALUE;
-    for (int i = 0; i < m->count; i++)
-        if (strcmp(m->items[i].name, name) == 0) {
-            m->items[i].value = value;
-            return TL_OK;
-        }
-    if (m->count >= TL_MAX_METRICS)
-        return TL_ERR_SIZE;
-    /* zero the whole entry: metric sets compare equal byte for byte */
-    memset(&m->items[m->count], 0, sizeof m->items[0]);
-    snprintf(m->items[m->count].name, sizeof m->items[0].name, "%s", name);
-    m->items[m->count++].value = value;
-    return TL_OK;
-}
-
-const double *tl_metrics_get(const tl_metrics *m, const char *name)
-{
-    if (!m || !name)
-        return NULL;
-    for (int i = 0; i < m->count && i < TL_MAX_METRICS; i++)
-        if (strcmp(m->items[i].name, name) == 0)
-            return &m->items[i].value;
-    return NULL;
-}
-
 /* ---- per-token math ------------------------------------------------------ */
 
 static int has_sampler(tl_loss_fn fn)
@@ -187,6 +148,9 @@ void tl__token_inputs(const tl_loss_config *cfg, const tl_datum *d,
     in->hi = d->clip_high_threshold.ndim
                  ? (double)((const float *)d->clip_high_threshold.data)[pos]
                  : cfg->clip_high_threshold;
+    in->sampled = has_sampler(cfg->fn) &&
+                  (d->mask.ndim ? ((const float *)d->mask.data)[pos] > 0.0f
+                                : in->q != 0.0);
 }
 
 static double clamp(double r, double lo, double hi)
@@ -283,7 +247,7 @@ void tl__acc_token(tl_lossacc *acc, const tl_loss_config *cfg, double lp,
 {
     acc->loss += loss;
     acc->tokens++;
-    if (!has_sampler(cfg->fn) || (in->a == 0.0 && in->q == 0.0))
+    if (!in->sampled)
         return;
     const double r = exp(lp - in->q), diff = in->q - lp;
     acc->sampled++;
@@ -292,6 +256,7 @@ void tl__acc_token(tl_lossacc *acc, const tl_loss_config *cfg, double lp,
     acc->r_max = fmax(acc->r_max, r);
     acc->kl1 += diff;
     acc->kl2 += 0.5 * diff * diff;
+    acc->q_sum += in->q;
     if (takes_clip(cfg->fn) && (r < in->lo || r > in->hi))
         acc->clipped++;
 }
@@ -311,6 +276,7 @@ void tl__acc_metrics(const tl_lossacc *acc, const tl_loss_config *cfg,
         tl_metrics_set(m, "ratio:max", acc->r_max);
         tl_metrics_set(m, "kl_sample_train_v1:mean", acc->kl1 / ns);
         tl_metrics_set(m, "kl_sample_train_v2:mean", acc->kl2 / ns);
+        tl_metrics_set(m, "sampler_entropy:mean", -acc->q_sum / ns);
         if (takes_clip(cfg->fn))
             tl_metrics_set(m, "clip_fraction:mean", (double)acc->clipped / ns);
     }
@@ -331,11 +297,15 @@ static const input_spec inputs[] = {
     {"advantages", offsetof(tl_datum, advantages)},
     {"clip_low_threshold", offsetof(tl_datum, clip_low_threshold)},
     {"clip_high_threshold", offsetof(tl_datum, clip_high_threshold)},
+    {"mask", offsetof(tl_datum, mask)},
 };
 
-/* 2: required, 1: optional, 0: not an input of this loss */
+/* 2: required, 1: optional (one per position), 0: not an input of this
+ * loss */
 static int input_role(tl_loss_fn fn, const char *key)
 {
+    if (strcmp(key, "mask") == 0)
+        return 1; /* client-side, any loss */
     if (strcmp(key, "weights") == 0)
         return fn == TL_LOSS_CROSS_ENTROPY ? 2 : 0;
     if (strcmp(key, "logprobs") == 0 || strcmp(key, "advantages") == 0)

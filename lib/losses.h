@@ -24,6 +24,8 @@ tl_status tl__check_config(const tl_loss_config *cfg, tl_error *err);
 /* Inputs of token t (flat index) of a validated datum. */
 typedef struct tl_tokin {
     double q, a, w, lo, hi;
+    int sampled; /* counted by the sampler/trainer metrics: mask > 0 with
+                    a mask, else q != 0 */
 } tl_tokin;
 void tl__token_inputs(const tl_loss_config *cfg, const tl_datum *d,
                       int64_t t, int64_t k, tl_tokin *in);
@@ -52,7 +54,7 @@ typedef struct tl_lossacc {
     double loss;
     int64_t tokens;
     int64_t sampled, clipped;
-    double r_sum, r_min, r_max, kl1, kl2;
+    double r_sum, r_min, r_max, kl1, kl2, q_sum;
     double ent_sum;
     int64_t ent_rows;
 } tl_lossacc;

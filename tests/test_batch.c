@@ -536,7 +536,7 @@ static tl_status failing_loss(void *user, const tl_datum *data, int64_t ndata,
     if (mode == 2)
         *loss = INFINITY;
     if (mode == 3)
-        tl_metrics_set(metrics, "bad:sum", 1.0), strcpy(metrics->items[0].name, "bad");
+        tl_metrics_set(metrics, "bad:sum", 1.0), metrics->items[0].name[0] = '\0';
     return TL_OK;
 }
 

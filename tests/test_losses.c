@@ -33,7 +33,8 @@ static tl_loss_config config(const char *fn, double lo, double hi,
 }
 
 /* Random tokens with exact boundary cases mixed in: r == lo, r == hi,
- * r == 1, A == 0, negative A. */
+ * r == 1, A == 0, negative A. With a custom config the datum also has a
+ * client-side mask, which chooses the tokens of the sampler metrics. */
 static void run_losses(int fi, int custom, int per_token)
 {
     const char *fn = fns[fi];
@@ -45,9 +46,10 @@ static void run_losses(int fi, int custom, int per_token)
     rng_t r = {(uint64_t)(100 * fi + 10 * custom + per_token)};
     enum { N = 64 };
     int64_t tok[N];
-    float lp[N], q[N], a[N], w[N], clo[N], chi[N], g[N];
+    float lp[N], q[N], a[N], w[N], clo[N], chi[N], g[N], mk[N];
     for (int i = 0; i < N; i++) {
         tok[i] = i;
+        mk[i] = (float)rng_int(&r, 2);
         lp[i] = (float)(-3.0 * rng_uniform(&r));
         q[i] = (float)(lp[i] + 0.5 * rng_normal(&r));
         a[i] = (float)rng_normal(&r);
@@ -85,6 +87,8 @@ static void run_losses(int fi, int custom, int per_token)
         d.clip_low_threshold = tl_tensor_1d(clo, TL_F32, N);
         d.clip_high_threshold = tl_tensor_1d(chi, TL_F32, N);
     }
+    if (custom)
+        d.mask = tl_tensor_1d(mk, TL_F32, N);
     const float *lps[1] = {lp};
     float *gs[1] = {g};
     tl_metrics m;
@@ -107,11 +111,13 @@ static void run_losses(int fi, int custom, int per_token)
                   "%s loss %.12g vs %.12g", fn, *ls, total);
     ck_assert(*tl_metrics_get(&m, "tokens:sum") == N);
     if (fi > 0) {
-        /* diagnostics over sampled tokens (A != 0 or q != 0) */
-        double rs = 0, k1 = 0, k2 = 0, ns = 0, clipped = 0;
+        /* diagnostics over the sampled tokens: mask > 0 with a mask, else
+         * q != 0 (never chosen by A) */
+        double rs = 0, k1 = 0, k2 = 0, ns = 0, clipped = 0, qs = 0;
         for (int i = 0; i < N; i++) {
-            if (a[i] == 0 && q[i] == 0)
+            if (custom ? !(mk[i] > 0) : q[i] == 0)
                 continue;
+            qs += q[i];
             const double rr = exp((double)lp[i] - q[i]);
             const double tlo = per_token ? clo[i] : lo,
                          thi = per_token ? chi[i] : hi;
@@ -125,6 +131,7 @@ static void run_losses(int fi, int custom, int per_token)
         ck_assert(fabs(*tl_metrics_get(&m, "ratio:mean") - rs / ns) <= 1e-12);
         ck_assert(fabs(*tl_metrics_get(&m, "kl_sample_train_v1:mean") - k1 / ns) <= 1e-12);
         ck_assert(fabs(*tl_metrics_get(&m, "kl_sample_train_v2:mean") - k2 / ns) <= 1e-12);
+        ck_assert(fabs(*tl_metrics_get(&m, "sampler_entropy:mean") + qs / ns) <= 1e-12);
         if (is_clip)
             ck_assert(fabs(*tl_metrics_get(&m, "clip_fraction:mean") -
                            clipped / ns) <= 1e-12);
@@ -356,11 +363,17 @@ START_TEST(test_metrics_set_get)
     ck_assert_int_eq(m.count, 1);
     ck_assert(*tl_metrics_get(&m, "loss:sum") == 2.0);
     ck_assert_ptr_null(tl_metrics_get(&m, "loss:mean"));
-    ck_assert_int_eq(tl_metrics_set(&m, "loss", 1.0), TL_ERR_VALUE);
-    ck_assert_int_eq(tl_metrics_set(&m, "loss:median", 1.0), TL_ERR_VALUE);
-    ck_assert_int_eq(tl_metrics_set(&m, ":sum", 1.0), TL_ERR_VALUE);
+    /* any name, as a custom loss returns them (the cookbook's DPO:
+     * dpo_loss, accuracy, margin, ...); not an empty or too long one */
+    ck_assert_int_eq(tl_metrics_set(&m, "dpo_loss", 1.0), TL_OK);
+    ck_assert_int_eq(tl_metrics_set(&m, "", 1.0), TL_ERR_VALUE);
+    char longname[80];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    ck_assert_int_eq(tl_metrics_set(&m, longname, 1.0), TL_ERR_VALUE);
+    ck_assert_int_eq(tl_metrics_set(NULL, "a", 1.0), TL_ERR_NULL);
     char name[32];
-    for (int i = 1; i < TL_MAX_METRICS; i++) {
+    for (int i = 2; i < TL_MAX_METRICS; i++) {
         snprintf(name, sizeof name, "m%d:max", i);
         ck_assert_int_eq(tl_metrics_set(&m, name, i), TL_OK);
     }

@@ -372,7 +372,7 @@ void tl__jdatum_free(jdatum *d)
 
 static const char *const input_keys[JD_NINPUTS] = {
     "target_tokens", "weights", "logprobs", "advantages",
-    "clip_low_threshold", "clip_high_threshold",
+    "clip_low_threshold", "clip_high_threshold", "mask",
 };
 
 static tl_tensor view_of(const jt *t)
@@ -480,6 +480,7 @@ tl_status tl__jdatum_parse(json_t *j, const char *path, jdatum *d,
     v->advantages = view_of(&d->in[JD_ADVANTAGES]);
     v->clip_low_threshold = view_of(&d->in[JD_CLIP_LOW]);
     v->clip_high_threshold = view_of(&d->in[JD_CLIP_HIGH]);
+    v->mask = view_of(&d->in[JD_MASK]);
     return TL_OK;
 }
 

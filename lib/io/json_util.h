@@ -28,7 +28,7 @@ void tl__jt_free(jt *t);
 
 /* A parsed Datum (owning) and its tl_datum view. */
 enum { JD_TARGETS, JD_WEIGHTS, JD_LOGPROBS, JD_ADVANTAGES, JD_CLIP_LOW,
-       JD_CLIP_HIGH, JD_NINPUTS };
+       JD_CLIP_HIGH, JD_MASK, JD_NINPUTS };
 typedef struct jdatum {
     int64_t *model_input;
     int64_t model_input_len;
