@@ -583,6 +583,94 @@ def head_file():
     return cases
 
 
+# ---- the cookbook's objectives around the losses -----------------------------
+
+def objectives_file():
+    """DPO over chosen/rejected pairs (preference/train_dpo.py,
+    compute_dpo_loss with the weighted sequence logprobs of dpo_loss_fn),
+    on-policy distillation advantages (distillation/train_on_policy.py,
+    incorporate_kl_penalty) and the SFT mean NLL (supervised/common.py,
+    compute_mean_nll), in float64 with autograd. Inputs are float32 values;
+    a NaN expectation is written as null."""
+    rng = Rng(7000)
+    cases = []
+
+    def seq(n, scale=2.0):
+        return [f32(-abs(scale * rng.normal())) for _ in range(n)]
+
+    def weights(n, first):
+        return [0.0] * first + [1.0] * (n - first)
+
+    for name, beta, npairs, tie in (("dpo_three_pairs", 0.1, 3, False),
+                                    ("dpo_beta_half_with_tie", 0.5, 2, True),
+                                    ("dpo_saturated", 40.0, 2, False)):
+        lens = [2 + rng.int(8) for _ in range(2 * npairs)]
+        lps = [seq(n) for n in lens]
+        refs = [seq(n) for n in lens]
+        ws = [weights(n, rng.int(n)) for n in lens]
+        ws[0][-1] = 0.5  # fractional weights take part in the dot product
+        if tie:  # identical pair: c == r, which accuracy counts as wrong
+            lens[3], lps[3], refs[3], ws[3] = lens[2], lps[2], refs[2], ws[2]
+        lp_t = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in lps]
+        dots = [torch.dot(l, torch.tensor(w, dtype=torch.float64)) for l, w in zip(lp_t, ws)]
+        rdots = [torch.dot(torch.tensor(r, dtype=torch.float64),
+                           torch.tensor(w, dtype=torch.float64)) for r, w in zip(refs, ws)]
+        c = torch.stack([dots[i] - rdots[i] for i in range(0, 2 * npairs, 2)])
+        r = torch.stack([dots[i] - rdots[i] for i in range(1, 2 * npairs, 2)])
+        loss = -torch.nn.functional.logsigmoid(beta * (c - r)).mean()
+        loss.backward()
+        metrics = {"dpo_loss": loss.item(),
+                   "accuracy": (c > r).double().mean().item(),
+                   "margin": (beta * c - beta * r).mean().item(),
+                   "chosen_reward": (beta * c).mean().item(),
+                   "rejected_reward": (beta * r).mean().item()}
+        cases.append({"name": name, "kind": "dpo", "beta": beta,
+                      "logprobs": lps, "ref_logprobs": refs, "weights": ws,
+                      "loss": loss.item(), "metrics": metrics,
+                      "grad": [t.grad.tolist() for t in lp_t]})
+
+    for name, coef, discount in (("distillation_undiscounted", 1.0, 0.0),
+                                 ("distillation_discounted", 0.7, 0.9)):
+        seqs = []
+        for n, first in ((7, 3), (5, 1), (6, 6)):
+            mask = [0.0] * first + [1.0] * (n - first)
+            q = [v if m else 0.0 for v, m in zip(seq(n), mask)]
+            seqs.append({"logprobs": q, "teacher": seq(n), "mask": mask,
+                         "advantages": [f32(rng.normal()) if m else 0.0 for m in mask]})
+        out, kl_sum, m_sum = [], 0.0, 0.0
+        for s_ in seqs:
+            m = torch.tensor(s_["mask"], dtype=torch.float64)
+            rkl = (torch.tensor(s_["logprobs"], dtype=torch.float64)
+                   - torch.tensor(s_["teacher"], dtype=torch.float64)) * m
+            x = (-coef * m * rkl).tolist()
+            if discount > 0:
+                for t in range(len(x) - 2, -1, -1):
+                    x[t] += discount * x[t + 1]
+            out.append([a + b for a, b in zip(s_["advantages"], x)])
+            kl_sum += rkl.sum().item()
+            m_sum += m.sum().item()
+        cases.append({"name": name, "kind": "distillation", "coef": coef,
+                      "discount": discount, "seqs": seqs, "expected": out,
+                      "teacher_kl": kl_sum / m_sum})
+
+    for name, zero in (("mean_nll", False), ("mean_nll_zero_weight", True)):
+        lens = (4, 6, 3)
+        lps = [seq(n) for n in lens]
+        ws = [[0.0 if zero else f32(rng.uniform()) for _ in range(n)] for n in lens]
+        lp_t = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in lps]
+        num = sum(torch.dot(l, torch.tensor(w, dtype=torch.float64)) for l, w in zip(lp_t, ws))
+        den = sum(sum(w) for w in ws)
+        case = {"name": name, "kind": "mean_nll", "logprobs": lps, "weights": ws}
+        if zero:
+            case.update(nll=None, grad=[[0.0] * n for n in lens])
+        else:
+            nll = -num / den
+            nll.backward()
+            case.update(nll=nll.item(), grad=[t.grad.tolist() for t in lp_t])
+        cases.append(case)
+    return cases
+
+
 FILES = {
     "losses.json": losses_file,
     "boundaries.json": boundaries_file,
@@ -590,20 +678,22 @@ FILES = {
     "numerics.json": numerics_file,
     "sequences.json": sequences_file,
     "head.json": head_file,
+    "objectives.json": objectives_file,
 }
+FORMATS = {"objectives.json": "tinkerloss.objectives.v1"}
 
 
-def render(cases):
+def render(cases, fmt=FORMAT):
     body = ",\n".join(json.dumps(c, separators=(",", ":"), allow_nan=False)
                       for c in cases)
-    return '{"format":"%s","cases":[\n%s\n]}\n' % (FORMAT, body)
+    return '{"format":"%s","cases":[\n%s\n]}\n' % (fmt, body)
 
 
 def main(argv):
     check = "--check" in argv
     stale = 0
     for name, build in FILES.items():
-        text = render(build())
+        text = render(build(), FORMATS.get(name, FORMAT))
         path = os.path.join(HERE, name)
         if check:
             with open(path, encoding="utf-8") as f:

@@ -768,6 +768,24 @@ TL_API tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq,
                                double coef, double discount, double *avg_kl,
                                tl_error *err);
 
+/*
+ * On-policy distillation (the tinker-cookbook's
+ * distillation/train_on_policy.py, incorporate_kl_penalty): a reverse-KL
+ * penalty against a teacher folded into the advantages, per token
+ *   d_i = (q_i - teacher_i) mask_i,   A_i += -coef mask_i d_i
+ * (no average subtracted), discounted backwards per sequence when
+ * discount > 0 (y[t] = x[t] + discount y[t + 1]). seqs[s].ref_logprobs
+ * holds the teacher's logprobs. teacher_kl (may be NULL) receives
+ * sum(d) / sum(mask), the cookbook's metric teacher_kl (NaN when the mask
+ * selects no token). coef finite, discount in [0, 1]; non-finite inputs at
+ * masked positions are TL_ERR_VALUE (teacher) or TL_ERR_MISSING (q).
+ */
+TL_API tl_status tl_distillation_advantages(const tl_kl_seq *seqs,
+                                            int64_t nseq, double coef,
+                                            double discount,
+                                            double *teacher_kl,
+                                            tl_error *err);
+
 /* Group-centred advantages: adv[i] = rewards[i] - mean(rewards) (mean in
  * double, no std normalisation). n >= 1, rewards finite; adv may equal
  * rewards. */
@@ -788,7 +806,8 @@ typedef struct tl_datum_buf {
 TL_API void tl_datum_buf_free(tl_datum_buf *d);
 
 /* A view of a built datum as loss inputs (target_tokens, logprobs,
- * advantages) for importance_sampling/ppo/cispo/dro; logits empty. */
+ * advantages, and its client-side mask) for importance_sampling, ppo,
+ * cispo, dro; logits empty. */
 TL_API tl_datum tl_datum_buf_view(const tl_datum_buf *d);
 
 /* A single-turn sample: the prompt, the sampled response and its sampler
@@ -822,6 +841,11 @@ typedef struct tl_turn {
     int64_t action_len;
     const float *action_logprobs;
     int64_t action_logprobs_len;
+    int masked;  /* 1: the action is not trained on (the cookbook's turn
+                    whose action failed to parse,
+                    transition.metrics["parse_error_masked"] >= 1): its
+                    tokens get mask 0 and advantage 0, their sampler
+                    logprobs kept; the turns around it train as usual */
 } tl_turn;
 
 /*
@@ -840,6 +864,62 @@ TL_API tl_status tl_datums_from_trajectory(const tl_turn *turns,
                                            tl_datum_buf **out,
                                            int64_t *ndatums, tl_error *err);
 TL_API void tl_datum_bufs_free(tl_datum_buf *d, int64_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Objectives around the losses (the tinker-cookbook's)                      */
+/* ------------------------------------------------------------------------ */
+
+/* DPO's settings. */
+typedef struct tl_dpo {
+    double beta;                      /* > 0 (the cookbook's default 0.1) */
+    const float *const *ref_logprobs; /* per datum, the reference model's
+                                         target logprobs [N_i] */
+} tl_dpo;
+
+/*
+ * DPO over pairs (preference/train_dpo.py, compute_dpo_loss and the
+ * dpo_loss_fn of do_update): datums come as [chosen_0, rejected_0,
+ * chosen_1, rejected_1, ...]; each sequence's logprob is the weighted sum
+ * over its tokens, sum_t w_t lp_t, with its datum's `weights` input,
+ * likewise the reference's. With c = lp_chosen - ref_chosen and
+ * r = lp_rejected - ref_rejected:
+ *   loss = mean over pairs of -log sigmoid(beta (c - r))
+ * metrics (the cookbook's names, without a reduction suffix, as it
+ * returns them): dpo_loss (the loss), accuracy (the share of pairs with
+ * c > r; a tie counts as wrong), margin (beta c - beta r), chosen_reward
+ * (beta c), rejected_reward (beta r), each the mean over pairs; metrics
+ * is cleared first. grad (may be NULL; per datum [N_i K_i]) receives
+ * dloss/dlogprobs. Computed in double. Errors: TL_ERR_NULL, TL_ERR_SIZE
+ * (no datum, or an odd number: the cookbook's pairing raises an
+ * IndexError there), TL_ERR_VALUE (beta not finite and > 0; a non-finite
+ * logprob, reference logprob or weight, naming datum and token),
+ * TL_ERR_MISSING (a datum without weights), TL_ERR_SHAPE (weights not
+ * shaped like the targets).
+ */
+TL_API tl_status tl_dpo_loss(const tl_dpo *dpo, const tl_datum *data,
+                             int64_t ndata, const float *const *logprobs,
+                             double *loss, float *const *grad,
+                             tl_metrics *metrics, tl_error *err);
+
+/* tl_dpo_loss as a custom loss (user: a tl_dpo), for
+ * tl_forward_backward_custom: the gradient the cookbook's DPO training
+ * sends through forward_backward_custom. */
+TL_API tl_status tl_dpo_custom_loss(void *user, const tl_datum *data,
+                                    int64_t ndata,
+                                    const float *const *logprobs,
+                                    double *loss, float *const *grad,
+                                    tl_metrics *metrics, tl_error *err);
+
+/*
+ * The SFT mean negative log-likelihood (supervised/common.py,
+ * compute_mean_nll): -sum(w lp) / sum(w) over every token of every
+ * datum, w the datums' `weights`; NaN when the weights sum to 0 (as the
+ * cookbook's). grad (may be NULL; per datum) receives dnll/dlogprobs =
+ * -w / sum(w) (0 when the weights sum to 0).
+ */
+TL_API tl_status tl_mean_nll(const tl_datum *data, int64_t ndata,
+                             const float *const *logprobs, double *nll,
+                             float *const *grad, tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Runtime: ISA dispatch and threads                                         */

@@ -487,6 +487,22 @@ tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
     return TL_OK;
 }
 
+tl_status tl__datum_weights(const tl_datum *d, int64_t i, const float **w,
+                            int64_t *count, tl_error *err)
+{
+    static const tl_loss_config ce = {TL_LOSS_CROSS_ENTROPY, 0, 0, 0};
+    int64_t n = 0, k = 1;
+    tl_status s = check_targets(NULL, d, i, &n, &k, err);
+    if (!s)
+        s = check_input(&ce, &d->weights, &inputs[0], i, n, k,
+                        d->target_tokens.ndim, err);
+    if (s)
+        return s;
+    *w = d->weights.data;
+    *count = n * k;
+    return TL_OK;
+}
+
 /* ---- evaluation from given logprobs -------------------------------------- */
 
 tl_status tl__eval_datum(const tl_loss_config *cfg, const tl_datum *d,
@@ -509,6 +525,19 @@ tl_status tl__eval_datum(const tl_loss_config *cfg, const tl_datum *d,
     return TL_OK;
 }
 
+tl_status tl__check_given(const tl_datum *data, int64_t ndata,
+                          const float *const *logprobs, tl_error *err)
+{
+    if (ndata < 0)
+        return tl__fail(err, TL_ERR_SIZE, "ndata", -1,
+                        "ndata must be >= 0, got %lld", (long long)ndata);
+    if (ndata > 0 && (!data || !logprobs))
+        return tl__fail(err, TL_ERR_NULL, data ? "logprobs" : "data", -1,
+                        "%s is NULL with %lld datums",
+                        data ? "logprobs" : "data", (long long)ndata);
+    return TL_OK;
+}
+
 tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
                        int64_t ndata, const float *const *logprobs,
                        float *const *grad_logprobs, tl_metrics *metrics,
@@ -517,13 +546,8 @@ tl_status tl_loss_eval(const tl_loss_config *cfg, const tl_datum *data,
     tl_status s;
     if ((s = tl__check_config(cfg, err)))
         return s;
-    if (ndata < 0)
-        return tl__fail(err, TL_ERR_SIZE, "ndata", -1,
-                        "ndata must be >= 0, got %lld", (long long)ndata);
-    if (ndata > 0 && (!data || !logprobs))
-        return tl__fail(err, TL_ERR_NULL, data ? "logprobs" : "data", -1,
-                        "%s is NULL with %lld datums",
-                        data ? "logprobs" : "data", (long long)ndata);
+    if ((s = tl__check_given(data, ndata, logprobs, err)))
+        return s;
     for (int64_t i = 0; i < ndata; i++) {
         tl_datum_shape sh = {0, 0};
         if ((s = tl__check_datum(cfg, &data[i], i, 0, &sh, err)))

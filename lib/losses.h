@@ -18,6 +18,17 @@ tl_status tl__check_datum(const tl_loss_config *cfg, const tl_datum *d,
                           int64_t i, int need_logits, tl_datum_shape *shape,
                           tl_error *err);
 
+/* Datum i's target_tokens and its `weights` input (required, shaped like
+ * the targets, finite), for the objectives around the losses: *w the
+ * weights, *count their number (N K). Other inputs are not looked at. */
+tl_status tl__datum_weights(const tl_datum *d, int64_t i, const float **w,
+                            int64_t *count, tl_error *err);
+
+/* The batch of a computation from given logprobs: ndata >= 0, data and
+ * logprobs non-NULL when there are datums. */
+tl_status tl__check_given(const tl_datum *data, int64_t ndata,
+                          const float *const *logprobs, tl_error *err);
+
 /* Validate a config (as produced by tl_loss_config_init or by hand). */
 tl_status tl__check_config(const tl_loss_config *cfg, tl_error *err);
 

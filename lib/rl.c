@@ -45,8 +45,11 @@ tl_status tl_kl_estimate(tl_kl_estimator est, const float *lp,
     return tl__ok(err);
 }
 
-tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq, double coef,
-                        double discount, double *avg_kl, tl_error *err)
+/* The arguments of a penalty over sequences, checked, and its sums:
+ * dsum = sum of (q - ref) mask over masked positions, msum = sum(mask). */
+static tl_status kl_scan(const tl_kl_seq *seqs, int64_t nseq, double coef,
+                         double discount, double *dsum, double *msum,
+                         tl_error *err)
 {
     if (nseq < 0)
         return tl__fail(err, TL_ERR_SIZE, "nseq", -1,
@@ -59,7 +62,7 @@ tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq, double coef,
     if (!(discount >= 0.0 && discount <= 1.0))
         return tl__fail(err, TL_ERR_VALUE, "discount", -1,
                         "discount must be in [0, 1], got %g", discount);
-    double dsum = 0.0, msum = 0.0;
+    *dsum = *msum = 0.0;
     for (int64_t s = 0; s < nseq; s++) {
         const tl_kl_seq *q = &seqs[s];
         if (q->n < 0)
@@ -88,14 +91,19 @@ tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq, double coef,
                 return tl__fail(err, TL_ERR_VALUE, "seqs", s,
                                 "seqs[%lld].ref_logprobs[%lld] is not finite",
                                 (long long)s, (long long)i);
-            dsum += ((double)q->logprobs[i] - (double)q->ref_logprobs[i]) * m;
-            msum += m;
+            *dsum += ((double)q->logprobs[i] - (double)q->ref_logprobs[i]) * m;
+            *msum += m;
         }
     }
-    if (!(msum > 0.0))
-        return tl__fail(err, TL_ERR_VALUE, "seqs", -1,
-                        "the mask selects no token (sum of mask is %g)", msum);
-    const double avg = dsum / msum;
+    return TL_OK;
+}
+
+/* A_i += penalty_i, penalty_i = coef mask_i (avg - d_i) discounted
+ * backwards per sequence (the KL penalty with avg the batch's mean,
+ * distillation with avg = 0). */
+static void kl_apply(const tl_kl_seq *seqs, int64_t nseq, double coef,
+                     double discount, double avg)
+{
     for (int64_t s = 0; s < nseq; s++) {
         const tl_kl_seq *q = &seqs[s];
         /* walk backwards so that the discounted sum needs no buffer:
@@ -111,8 +119,36 @@ tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq, double coef,
             q->advantages[i] = (float)((double)q->advantages[i] + pen);
         }
     }
+}
+
+tl_status tl_kl_penalty(const tl_kl_seq *seqs, int64_t nseq, double coef,
+                        double discount, double *avg_kl, tl_error *err)
+{
+    double dsum, msum;
+    tl_status s = kl_scan(seqs, nseq, coef, discount, &dsum, &msum, err);
+    if (s)
+        return s;
+    if (!(msum > 0.0))
+        return tl__fail(err, TL_ERR_VALUE, "seqs", -1,
+                        "the mask selects no token (sum of mask is %g)", msum);
+    const double avg = dsum / msum;
+    kl_apply(seqs, nseq, coef, discount, avg);
     if (avg_kl)
         *avg_kl = avg;
+    return tl__ok(err);
+}
+
+tl_status tl_distillation_advantages(const tl_kl_seq *seqs, int64_t nseq,
+                                     double coef, double discount,
+                                     double *teacher_kl, tl_error *err)
+{
+    double dsum, msum;
+    tl_status s = kl_scan(seqs, nseq, coef, discount, &dsum, &msum, err);
+    if (s)
+        return s;
+    kl_apply(seqs, nseq, coef, discount, 0.0);
+    if (teacher_kl) /* 0 / 0 is NaN, as the cookbook's tensor division */
+        *teacher_kl = msum == 0.0 ? (double)NAN : dsum / msum;
     return tl__ok(err);
 }
 
@@ -169,6 +205,7 @@ tl_datum tl_datum_buf_view(const tl_datum_buf *d)
     v.target_tokens = tl_tensor_1d(d->target_tokens, TL_I64, d->n);
     v.logprobs = tl_tensor_1d(d->logprobs, TL_F32, d->n);
     v.advantages = tl_tensor_1d(d->advantages, TL_F32, d->n);
+    v.mask = tl_tensor_1d(d->mask, TL_F32, d->n);
     v.logits.dtype = TL_F32;
     v.logits.vocab = 1;
     v.logits.stride = 1;
@@ -409,7 +446,8 @@ tl_status tl_datums_from_trajectory(const tl_turn *turns, int64_t nturns,
         if (seq_append(&q, tu->observation + start,
                        tu->observation_len - start, NULL, 0.0f, 0.0f) ||
             seq_append(&q, tu->action, tu->action_len, tu->action_logprobs,
-                       advantage, 1.0f))
+                       tu->masked ? 0.0f : advantage,
+                       tu->masked ? 0.0f : 1.0f))
             s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     }
     seq_free(&q);

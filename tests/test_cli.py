@@ -87,7 +87,10 @@ def files():
 
 @case("check passes on the committed fixtures")
 def _():
-    names = sorted(n for n in os.listdir(GOLDEN) if n.endswith(".json"))
+    # the loss fixtures (objectives.json has a format of its own, read by
+    # test_objectives)
+    names = sorted(n for n in os.listdir(GOLDEN) if n.endswith(".json")
+                   and n != "objectives.json")
     rc, out, err = run("check", *[golden(n) for n in names])
     assert rc == 0, out + err
     last = out.strip().splitlines()[-1]

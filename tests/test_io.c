@@ -161,10 +161,17 @@ START_TEST(test_malformed_cases)
         "chunks"), 0), "type", json_string("image"));
     run_case(c, 0, "unknown chunk type \"image\"");
     c = base_case();
+    json_object_set_new(inputs_of(c), "rewards",
+                        json_pack("{s:[f,f], s:s}", "data", 1.0, 1.0, "dtype",
+                                  "float32"));
+    run_case(c, 0, "loss_fn_inputs.rewards: unknown loss_fn_inputs key");
+    /* the cookbook's client-side mask is an input (all sampled here, so
+     * the loss and its checked metrics are unchanged) */
+    c = base_case();
     json_object_set_new(inputs_of(c), "mask",
                         json_pack("{s:[f,f], s:s}", "data", 1.0, 1.0, "dtype",
                                   "float32"));
-    run_case(c, 0, "loss_fn_inputs.mask: unknown loss_fn_inputs key");
+    run_case(c, 1, NULL);
     c = base_case();
     json_object_set_new(c, "loss_fn", json_string("ppo2"));
     run_case(c, 0, "cases[0].loss_fn: unknown loss_fn 'ppo2'");

@@ -217,9 +217,9 @@ START_TEST(test_trajectory)
     const int64_t ob1[5] = {1, 2, 3, 4, 5}, ac1[1] = {6};
     const int64_t ob2[2] = {9, 9}, ac2[1] = {7};
     const float l0[2] = {-0.1f, -0.2f}, l1[1] = {-0.3f}, l2[1] = {-0.4f};
-    tl_turn turns[3] = {{ob0, 2, ac0, 2, l0, 2},
-                        {ob1, 5, ac1, 1, l1, 1},
-                        {ob2, 2, ac2, 1, l2, 1}};
+    tl_turn turns[3] = {{ob0, 2, ac0, 2, l0, 2, 0},
+                        {ob1, 5, ac1, 1, l1, 1, 0},
+                        {ob2, 2, ac2, 1, l2, 1, 0}};
     tl_datum_buf *ds;
     int64_t nd;
     ck_assert_int_eq(tl_datums_from_trajectory(turns, 3, 2.0f, &ds, &nd, NULL),
@@ -243,6 +243,29 @@ START_TEST(test_trajectory)
     ck_assert(memcmp(ds[1].logprobs, lp1, sizeof lp1) == 0);
     ck_assert(memcmp(ds[1].advantages, a1, sizeof a1) == 0);
     tl_datum_bufs_free(ds, nd);
+    /* a turn whose action failed to parse (the cookbook's
+     * parse_error_masked): mask 0 and advantage 0 on its action, its
+     * sampler logprobs kept; the turns around it train as usual */
+    turns[1].masked = 1;
+    ck_assert_int_eq(tl_datums_from_trajectory(turns, 3, 2.0f, &ds, &nd, NULL),
+                     TL_OK);
+    const float am[5] = {0, 2, 2, 0, 0}, mm[5] = {0, 1, 1, 0, 0};
+    ck_assert(memcmp(ds[0].logprobs, lp0, sizeof lp0) == 0);
+    ck_assert(memcmp(ds[0].advantages, am, sizeof am) == 0);
+    ck_assert(memcmp(ds[0].mask, mm, sizeof mm) == 0);
+    ck_assert(memcmp(ds[1].advantages, a1, sizeof a1) == 0);
+    /* the view carries the mask: the masked turn's token is not sampled */
+    const tl_datum v = tl_datum_buf_view(&ds[0]);
+    ck_assert(v.mask.ndim == 1 && v.mask.data == ds[0].mask);
+    tl_loss_config is;
+    ck_assert_int_eq(tl_loss_config_init(&is, "importance_sampling", NULL,
+                                         NULL, 0, NULL), TL_OK);
+    const float lpt[5] = {-1, -0.1f, -0.2f, -1, -0.5f}, *lps[1] = {lpt};
+    tl_metrics m;
+    ck_assert_int_eq(tl_loss_eval(&is, &v, 1, lps, NULL, &m, NULL), TL_OK);
+    ck_assert(*tl_metrics_get(&m, "kl_sample_train_v1:mean") == 0.0);
+    turns[1].masked = 0;
+    tl_datum_bufs_free(ds, nd);
     /* errors carry the turn index */
     const float bad[1] = {NAN};
     turns[1].action_logprobs = bad;
@@ -259,7 +282,7 @@ START_TEST(test_trajectory)
     turns[2].action_logprobs_len = 1;
     /* a one-token sequence cannot be a datum */
     const int64_t one[1] = {5};
-    tl_turn t1[2] = {{one, 1, NULL, 0, NULL, 0}, {ob2, 2, ac2, 1, l2, 1}};
+    tl_turn t1[2] = {{one, 1, NULL, 0, NULL, 0, 0}, {ob2, 2, ac2, 1, l2, 1, 0}};
     ck_assert_int_eq(tl_datums_from_trajectory(t1, 2, 1.0f, &ds, &nd, &e),
                      TL_ERR_SIZE);
     ck_assert_int_eq(tl_datums_from_trajectory(NULL, 2, 1.0f, &ds, &nd, &e),
