@@ -114,42 +114,98 @@ typedef struct tl_finding {
 /* Called for each finding, in order. */
 typedef void (*tl_finding_fn)(void *user, const tl_finding *f);
 
+/* Logits files, one per datum, for compute and verify: NumPy .npy (as
+ * numpy.save writes it: C order, little-endian, [N, V] or with leading
+ * dimensions of size 1 such as [1, N, V]) or a JSON TENSOR (float32 or
+ * bfloat16, shape [N, V]). A .npy file is mapped, not copied, when its
+ * data can be used as it is.
+ *   dtype TL_F32:  .npy of float32 ('<f4'), or float64 ('<f8', converted
+ *                  to float32, which the output notes)
+ *   dtype TL_BF16: .npy of 2-byte integers ('<i2' or '<u2') holding
+ *                  bfloat16 bits, what numpy.save(t.view(torch.int16)
+ *                  .numpy()) writes for a bfloat16 tensor t
+ * Anything else is TL_ERR_DTYPE or TL_ERR_SHAPE naming the file and the
+ * dtype or shape found. */
+typedef struct tl_logits_files {
+    const char *const *paths;
+    int64_t n;
+    tl_dtype dtype; /* TL_F32 (0 means TL_F32) or TL_BF16 */
+} tl_logits_files;
+
+/* How a verification compares (NULL: tl_verify_opts_default()). */
+typedef struct tl_verify_opts {
+    double atol; /* absolute tolerance of every comparison, >= 0 */
+    double rtol; /* relative tolerance of every comparison, >= 0 */
+    const tl_logits_files *logits; /* the model's logits, one file per
+                                      datum: the server's logprobs are
+                                      compared token by token with those
+                                      computed from them (NULL: no such
+                                      comparison) */
+} tl_verify_opts;
+
+/* atol = rtol = 1e-5, no logits. */
+static inline tl_verify_opts tl_verify_opts_default(void)
+{
+    tl_verify_opts o = {1e-5, 1e-5, NULL};
+    return o;
+}
+
 /*
  * Verify a dump of a real Tinker call:
  *   {"request": {"data": [...], "loss_fn": ..., "loss_fn_config": ...},
  *    "response": {"loss_fn_outputs": [...], "metrics": {...}}}
  * Checks the request's consistency (lengths, target_tokens equal to
- * model_input shifted by one where they overlap, tokens >= 0, finite
- * values), recomputes the loss and metrics from the server's logprobs and
- * compares them (scalar metrics within atol * T + rtol * |expected|, T
- * target tokens, atol = rtol = 1e-5). Each disagreement or inconsistency
- * is a finding (fn gets each, with the notes); *problems (may be NULL)
- * counts the problems, not the notes. Returns TL_OK when the dump could be
- * read (problems or not), else TL_ERR_IO or TL_ERR_JSON naming the path.
+ * model_input shifted by one outside image chunks, tokens >= 0, finite
+ * values) and the response's logprobs (present, one per target, not
+ * positive), recomputes the loss and metrics from the server's logprobs
+ * and compares them: scalar metrics within atol * T + rtol * |server|
+ * (T target tokens). With opts->logits, each server logprob is compared
+ * with the one computed from the logits (within atol + rtol * |local|),
+ * each datum's largest difference noted, and the loss and metrics are
+ * recomputed from the local logprobs as well. Each disagreement or
+ * inconsistency is a problem, reported once per cause (fn gets each
+ * finding, and the notes); *problems (may be NULL) counts the problems.
+ * Returns TL_OK when the dump could be read (problems or not), else
+ * TL_ERR_IO or TL_ERR_JSON naming the path (a logits file that cannot be
+ * read: its error).
  */
 TL_API tl_status tl_verify_file(tl_ctx *ctx, const char *path,
-                                tl_finding_fn fn, void *user,
-                                int64_t *problems, tl_error *err);
+                                const tl_verify_opts *opts, tl_finding_fn fn,
+                                void *user, int64_t *problems,
+                                tl_error *err);
 TL_API tl_status tl_verify_text(tl_ctx *ctx, const char *text,
-                                tl_finding_fn fn, void *user,
-                                int64_t *problems, tl_error *err);
+                                const tl_verify_opts *opts, tl_finding_fn fn,
+                                void *user, int64_t *problems,
+                                tl_error *err);
+
+/* What compute writes besides the logprobs and metrics. Zeroed (or NULL):
+ * neither gradients nor files. */
+typedef struct tl_compute_opts {
+    int with_grads;        /* the gradient with respect to the logits */
+    const char *grads_dir; /* with_grads: one .npy per datum in this
+                              existing directory (grad_<i>.npy: float32,
+                              or bfloat16 bits as '<u2' for bfloat16
+                              logits), the JSON naming the files; NULL:
+                              the gradients inside the JSON */
+} tl_compute_opts;
 
 /*
  * Compute the ForwardBackwardOutput a server should answer for a request
  * ({"data": ..., "loss_fn": ..., "loss_fn_config": ...}, or a dump with a
- * "request" key) from one logits file per datum: NumPy .npy float32
- * ([N, V], C order, as numpy.save writes) or a JSON TENSOR (float32 or
- * bfloat16, shape [N, V]). *out_json receives a malloc'd JSON text
+ * "request" key) from one logits file per datum. *out_json receives a
+ * malloc'd JSON text
  *   {"loss_fn_output_type": "ArrayRecord",
  *    "loss_fn_outputs": [{"logprobs": TENSOR}, ...],
  *    "metrics": {...},
- *    "grad_logits": [TENSOR, ...]}        (only with with_grads)
+ *    "grad_logits": [TENSOR, ...],      (with_grads, no grads_dir)
+ *    "grad_logits_files": [PATH, ...],  (with grads_dir)
+ *    "notes": [TEXT, ...]}              (conversions made, if any)
  * to be released with tl_free. The context's temperature, threads and
  * tier apply.
  */
 TL_API tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
-                                 const char *const *logits_paths,
-                                 int64_t nlogits, int with_grads,
+                                 const tl_logits_files *logits,
+                                 const tl_compute_opts *opts,
                                  char **out_json, tl_error *err);
 
 /* Limits that protect the caller: a file or text larger than this many

@@ -242,5 +242,7 @@ tl_status t_compute_file(const char *request, const char *const *paths,
                          tl_error *err)
 {
     CTX(o, NULL);
-    return tl_compute_file(ctx, request, paths, n, grads, out, err);
+    const tl_logits_files lf = {paths, n, TL_F32};
+    const tl_compute_opts co = {grads, NULL};
+    return tl_compute_file(ctx, request, &lf, &co, out, err);
 }

@@ -158,9 +158,9 @@ def _():
     rc, _, err = run("check", notjson)
     assert rc == 2 and "invalid JSON" in err, err
     rc, _, err = run("check")
-    assert rc == 2 and "usage" in err, err
+    assert rc == 2 and "missing FILE..." in err, err
     rc, _, err = run("frobnicate")
-    assert rc == 2 and "usage" in err, err
+    assert rc == 2 and 'unknown command "frobnicate"' in err and "usage" in err, err
 
 
 @case("compute from .npy logits matches float64")
@@ -210,7 +210,9 @@ def _():
     rc, _, err = run("compute", req, "--logits", short)
     assert rc == 2 and "data[0].logits has 2 rows" in err, err
     rc, _, err = run("compute", "--logits", npy)
-    assert rc == 2 and "usage" in err, err
+    assert rc == 2 and "missing REQUEST.json" in err, err
+    rc, _, err = run("compute", req)
+    assert rc == 2 and "--logits FILE... is required" in err, err
 
 
 def dump_from_compute():
@@ -229,7 +231,7 @@ def _():
         json.dump(dump_from_compute(), f)
     rc, out, err = run("verify", path)
     assert rc == 0, out + err
-    assert out.strip().splitlines()[-1] == "0 findings", out
+    assert out.strip().splitlines()[-1] == "0 problems", out
 
 
 @case("verify: disagreement and inconsistency are findings")
@@ -256,15 +258,62 @@ def _():
     rc, _, err = run("verify", path)
     assert rc == 2 and "response" in err, err
     rc, _, err = run("verify")
-    assert rc == 2 and "usage" in err, err
+    assert rc == 2 and "missing DUMP.json" in err, err
 
 
 @case("version and help")
 def _():
-    rc, out, _ = run("version")
-    assert rc == 0 and out.startswith("tinkerloss "), out
+    for args in (("version",), ("--version",)):
+        rc, out, _ = run(*args)
+        assert rc == 0 and out.startswith("tinkerloss "), out
     rc, out, _ = run("--help")
     assert rc == 0 and "usage" in out, out
+    for cmd in ("check", "verify", "compute"):
+        for args in ((cmd, "--help"), (cmd, "-h"), ("help", cmd)):
+            rc, out, err = run(*args)
+            assert rc == 0 and out.startswith(f"usage: tinkerloss {cmd} "), \
+                (args, out, err)
+    rc, out, _ = run("compute", "--help")
+    for opt in ("--logits", "--logits-dtype", "--grads", "--grads-out",
+                "--temperature", "--threads", "-o"):
+        assert "\n  " + opt + " " in out or "\n  " + opt + "\n" in out, (opt, out)
+
+
+@case("strict arguments: every value checked, every mistake named")
+def _():
+    req, npy, _ = files()
+    bad = [
+        (("compute", req, "--logits", npy, "--threads", "x"),
+         '--threads: "x" is not an integer'),
+        (("compute", req, "--logits", npy, "--threads", "-2"),
+         "--threads: -2 is outside [0, 4096]"),
+        (("compute", req, "--logits", npy, "--temperature", "abc"),
+         '--temperature: "abc" is not a finite number'),
+        (("compute", req, "--logits", npy, "--temperature", "nan"),
+         '--temperature: "nan" is not a finite number'),
+        (("compute", req, "--logits", npy, "--temperature", "0"),
+         "--temperature: 0 is outside"),
+        (("compute", req, "--logits", npy, "--temperature"),
+         "--temperature needs a value (T)"),
+        (("compute", req, "--logits", npy, "--frob"), "unknown option --frob"),
+        (("compute", req, "--logits"), "--logits needs at least one FILE"),
+        (("compute", req, "--logits", npy, "--logits-dtype", "float16"),
+         '--logits-dtype: "float16" is not one of float32|bfloat16'),
+        (("compute", req, "--logits", npy, "--grads=1"),
+         "--grads takes no value"),
+        (("verify", "d.json", "--atol", "-1"), "--atol: -1 is outside"),
+        (("verify", "d.json", "--rtol", "1e"), '--rtol: "1e" is not a finite number'),
+        (("verify", "a.json", "b.json"), 'unexpected argument "b.json"'),
+        (("version", "x"), 'unexpected argument "x"'),
+    ]
+    for args, want in bad:
+        rc, out, err = run(*args)
+        assert rc == 2 and want in err, (args, rc, err)
+        assert out == "", (args, out)
+    # the same values in --opt=value form, and "--" before operands
+    rc, out, err = run("compute", "--threads=1", "--temperature=2",
+                       "--logits", npy, "--", req)
+    assert rc == 0, err
 
 
 failed = [(n, e) for n, e in results if e]

@@ -331,7 +331,7 @@ static int64_t verify(json_t *d, tl_status want)
     int64_t problems = -1;
     tl_error e;
     nfound = 0;
-    ck_assert_msg(tl_verify_text(NULL, text, gather, NULL, &problems, &e) ==
+    ck_assert_msg(tl_verify_text(NULL, text, NULL, gather, NULL, &problems, &e) ==
                       want,
                   "%s", e.message);
     free(text);
@@ -423,7 +423,7 @@ START_TEST(test_verify)
                         json_integer(3));
     verify(d, TL_ERR_JSON);
     tl_error e;
-    ck_assert_int_eq(tl_verify_file(NULL, "/nonexistent.json", NULL, NULL,
+    ck_assert_int_eq(tl_verify_file(NULL, "/nonexistent.json", NULL, NULL, NULL,
                                     NULL, &e),
                      TL_ERR_IO);
 }
@@ -441,7 +441,7 @@ START_TEST(test_limits)
     ck_assert_int_eq(tl_fixture_check_text(NULL, text, NULL, NULL, NULL, NULL, &e),
                      TL_ERR_SIZE);
     ck_assert_msg(strstr(e.message, "limit"), "%s", e.message);
-    ck_assert_int_eq(tl_verify_text(NULL, text, NULL, NULL, NULL, &e),
+    ck_assert_int_eq(tl_verify_text(NULL, text, NULL, NULL, NULL, NULL, &e),
                      TL_ERR_SIZE);
     /* a shape product above limit / 4 fails its case, allocating nothing */
     tl_io_set_max_bytes(strlen(text) + 16);

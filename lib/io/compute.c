@@ -7,166 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Read a C-order little-endian float32 2-D .npy stream (format 1.0 - 3.0);
- * `path` names it in messages. */
-/* The header of a .npy stream (format 1.0 - 3.0): a C-order
- * little-endian float32 2-D array; its shape in dims. */
-static tl_status npy_header(FILE *f, const char *path, long long dims[2],
-                            tl_error *err)
-{
-    unsigned char pre[10];
-    char *hdr = NULL;
-    size_t hlen = 0;
-    tl_status s = TL_OK;
-    if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0)
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: not a .npy file",
-                        path);
-    if (pre[6] == 1 && fread(pre + 8, 1, 2, f) == 2) {
-        hlen = (size_t)pre[8] | (size_t)pre[9] << 8;
-    } else if ((pre[6] == 2 || pre[6] == 3) && fread(pre, 1, 4, f) == 4) {
-        hlen = (size_t)pre[0] | (size_t)pre[1] << 8 | (size_t)pre[2] << 16 |
-               (size_t)pre[3] << 24;
-    } else if (pre[6] > 3 || pre[6] < 1) {
-        return tl__fail(err, TL_ERR_JSON, path, -1,
-                        "%s: unsupported .npy version %d", path, pre[6]);
-    } else {
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
-                        path);
-    }
-    if (hlen > (1u << 20))
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: header too large",
-                        path);
-    hdr = tl__malloc(hlen + 1);
-    if (!hdr || fread(hdr, 1, hlen, f) != hlen) {
-        free(hdr);
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
-                        path);
-    }
-    hdr[hlen] = '\0';
-    /* {'descr': '<f4', 'fortran_order': False, 'shape': (N, V), } */
-    const char *sh = strstr(hdr, "'shape': (");
-    int nd = 0;
-    if (sh) {
-        sh += strlen("'shape': (");
-        while (nd < 3) {
-            while (*sh == ' ')
-                sh++;
-            if (!isdigit((unsigned char)*sh))
-                break;
-            const long long d = strtoll(sh, (char **)&sh, 10);
-            if (nd < 2)
-                dims[nd] = d;
-            nd++;
-            while (*sh == ' ')
-                sh++;
-            if (*sh == ',')
-                sh++;
-        }
-    }
-    if (!strstr(hdr, "'descr': '<f4'"))
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: dtype must be little-endian float32 ('<f4')", path);
-    else if (!strstr(hdr, "'fortran_order': False"))
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: Fortran-order arrays are not supported", path);
-    else if (!sh || nd != 2 || *sh != ')')
-        s = tl__fail(err, TL_ERR_JSON, path, -1,
-                     "%s: expected a 2-D array [N, V]", path);
-    free(hdr);
-    return s;
-}
-
-tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err)
-{
-    memset(t, 0, sizeof *t);
-    long long dims[2] = {0, 0};
-    tl_status s = tl__check_file_size(f, path, err);
-    if (s || (s = npy_header(f, path, dims, err)))
-        return s;
-    if (dims[1] > 0 &&
-        (uint64_t)dims[0] > tl__io_limit() / 4 / (uint64_t)dims[1])
-        return tl__fail(err, TL_ERR_SIZE, path, -1,
-                        "%s: shape (%lld, %lld) overflows or exceeds the "
-                        "input limit", path, dims[0], dims[1]);
-    /* the data must be there before anything is allocated for it */
-    const long here = ftell(f);
-    if (here < 0 || fseek(f, 0, SEEK_END) != 0)
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: not seekable", path);
-    const long end = ftell(f);
-    if (end < here || fseek(f, here, SEEK_SET) != 0 ||
-        (uint64_t)(end - here) < (uint64_t)dims[0] * (uint64_t)dims[1] * 4u)
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
-                        path);
-    t->dtype = TL_F32;
-    t->ndim = 2;
-    t->shape[0] = dims[0];
-    t->shape[1] = dims[1];
-    t->count = dims[0] * dims[1];
-    t->f32 = tl__malloc((size_t)t->count * sizeof(float) + 4);
-    if (!t->f32)
-        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
-    if (fread(t->f32, sizeof(float), (size_t)t->count, f) !=
-        (size_t)t->count) {
-        tl__jt_free(t);
-        return tl__fail(err, TL_ERR_JSON, path, -1, "%s: file is truncated",
-                        path);
-    }
-    return TL_OK;
-}
-
-static tl_status read_npy(const char *path, jt *t, tl_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot open", path);
-    tl_status s = tl__npy_read(f, path, t, err);
-    fclose(f);
-    return s;
-}
-
-static int ends_with(const char *s, const char *suffix)
-{
-    const size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
-static tl_status read_logits(const char *path, jt *t, uint16_t **bf16,
-                             tl_logits *lg, tl_error *err)
-{
-    tl_status s;
-    *bf16 = NULL;
-    if (ends_with(path, ".npy")) {
-        s = read_npy(path, t, err);
-    } else {
-        json_t *root;
-        if ((s = tl__jload_file(path, &root, err)))
-            return s;
-        s = tl__jt_parse(root, path, t, err);
-        json_decref(root);
-        if (!s && (t->dtype == TL_I64 || t->ndim != 2))
-            s = tl__fail(err, TL_ERR_JSON, path, -1,
-                         "%s: logits must be a 2-D float32 or bfloat16 "
-                         "tensor", path);
-    }
-    if (s)
-        return s;
-    *lg = (tl_logits){t->f32, TL_F32, t->shape[0], t->shape[1], t->shape[1]};
-    if (t->dtype == TL_BF16) {
-        *bf16 = tl__malloc((size_t)t->count * sizeof **bf16 + 2);
-        if (!*bf16)
-            return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
-        for (int64_t k = 0; k < t->count; k++)
-            (*bf16)[k] = tl_f32_to_bf16(t->f32[k]);
-        lg->data = *bf16;
-        lg->dtype = TL_BF16;
-    }
-    return TL_OK;
-}
-
 /* The ForwardBackwardOutput JSON of n datums (targets in d, logits
  * shapes in lt) from their logprobs lp and metrics m, with their
  * gradients gl when with_grads; NULL if memory is short. */
-static char *output_json(const jdatum *d, const jt *lt, float *const *lp,
+static char *output_json(const jdatum *d, const tl__lfile *lt, float *const *lp,
                          float *const *gl, int64_t n, const tl_metrics *m,
                          int with_grads)
 {
@@ -178,8 +22,8 @@ static char *output_json(const jdatum *d, const jt *lt, float *const *lp,
                             tl__jt_make_f32(lp[i], t->shape[0],
                                             t->ndim == 2 ? t->shape[1] : 0)));
         if (with_grads)
-            json_array_append_new(jg, tl__jt_make_f32(gl[i], lt[i].shape[0],
-                                                      lt[i].shape[1]));
+            json_array_append_new(jg, tl__jt_make_f32(gl[i], lt[i].lg.rows,
+                                                      lt[i].lg.vocab));
     }
     for (int k = 0; k < m->count; k++)
         json_object_set_new(jm, m->items[k].name,
@@ -198,12 +42,21 @@ static char *output_json(const jdatum *d, const jt *lt, float *const *lp,
 }
 
 tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
-                          const char *const *logits_paths, int64_t nlogits,
-                          int with_grads, char **out_json, tl_error *err)
+                          const tl_logits_files *logits,
+                          const tl_compute_opts *opts, char **out_json,
+                          tl_error *err)
 {
-    if (!request_path || !out_json || (nlogits > 0 && !logits_paths))
+    if (!request_path || !out_json || !logits ||
+        (logits->n > 0 && !logits->paths))
         return tl__fail(err, TL_ERR_NULL, "request_path", -1,
-                        "request_path, logits_paths or out_json is NULL");
+                        "request_path, logits, logits->paths or out_json is "
+                        "NULL");
+    const int with_grads = opts && opts->with_grads;
+    if (with_grads && opts->grads_dir)
+        return tl__fail(err, TL_ERR_CONFIG, "opts.grads_dir", -1,
+                        "gradient files are not written yet");
+    const int64_t nlogits = logits->n;
+    const char *const *logits_paths = logits->paths;
     *out_json = NULL;
     tl__io_use(ctx);
     json_t *root;
@@ -217,13 +70,12 @@ tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
     json_t *data = tl__jget(req, "data");
     int64_t n = json_is_array(data) ? (int64_t)json_array_size(data) : 0;
     jdatum *d = tl__calloc((size_t)n + 1, sizeof *d);
-    jt *lt = tl__calloc((size_t)n + 1, sizeof *lt);
-    uint16_t **bf = tl__calloc((size_t)n + 1, sizeof *bf);
+    tl__lfile *lt = tl__calloc((size_t)n + 1, sizeof *lt);
     tl_datum *views = tl__calloc((size_t)n + 1, sizeof *views);
     tl_grad *grads = tl__calloc((size_t)n + 1, sizeof *grads);
     float **lp = tl__calloc((size_t)n + 1, sizeof *lp);
     float **gl = tl__calloc((size_t)n + 1, sizeof *gl);
-    if (!d || !lt || !bf || !views || !grads || !lp || !gl) {
+    if (!d || !lt || !views || !grads || !lp || !gl) {
         s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
         goto done;
     }
@@ -246,14 +98,17 @@ tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
         snprintf(p, sizeof p, "%sdata[%lld]", pre, (long long)i);
         if ((s = tl__jdatum_parse(json_array_get(data, (size_t)i), p, &d[i],
                                   err)) ||
-            (s = read_logits(logits_paths[i], &lt[i], &bf[i],
-                             &d[i].view.logits, err)))
+            (s = tl__lfile_open(logits_paths[i], logits->dtype, &lt[i],
+                                err)))
             break;
+        d[i].view.logits = lt[i].lg;
         views[i] = d[i].view;
         lp[i] = tl__malloc((size_t)d[i].in[JD_TARGETS].count * sizeof(float) + 4);
-        gl[i] = with_grads ? tl__malloc((size_t)lt[i].count * sizeof(float) + 4)
+        gl[i] = with_grads ? tl__malloc((size_t)(lt[i].lg.rows *
+                                                 lt[i].lg.vocab) *
+                                            sizeof(float) + 4)
                            : NULL;
-        grads[i] = (tl_grad){gl[i], TL_F32, lt[i].shape[1]};
+        grads[i] = (tl_grad){gl[i], TL_F32, lt[i].lg.vocab};
         if (!lp[i] || (with_grads && !gl[i]))
             s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
     }
@@ -269,9 +124,7 @@ done:
     for (int64_t i = 0; i < n && d; i++) {
         tl__jdatum_free(&d[i]);
         if (lt)
-            tl__jt_free(&lt[i]);
-        if (bf)
-            free(bf[i]);
+            tl__lfile_close(&lt[i]);
         if (lp)
             free(lp[i]);
         if (gl)
@@ -279,7 +132,6 @@ done:
     }
     free(d);
     free(lt);
-    free(bf);
     free(views);
     free(grads);
     free(lp);

@@ -67,6 +67,19 @@ tl_status tl__jload_text(const char *text, json_t **out, tl_error *err);
 void tl__io_use(const tl_ctx *ctx);
 uint64_t tl__io_limit(void);
 
+/* A logits matrix read from a file (see tl_logits_files): lg views it,
+ * in a file mapping or in memory the struct holds. */
+typedef struct tl__lfile {
+    tl_logits lg;
+    void *map;       /* the file's mapping, or NULL */
+    size_t map_len;
+    void *own;       /* memory held, or NULL */
+    char note[200];  /* a conversion made (e.g. from float64), or "" */
+} tl__lfile;
+tl_status tl__lfile_open(const char *path, tl_dtype dtype, tl__lfile *f,
+                         tl_error *err);
+void tl__lfile_close(tl__lfile *f);
+
 /* TL_ERR_SIZE if the regular file f is larger than tl__io_limit(). */
 tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err);
 

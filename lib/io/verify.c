@@ -14,6 +14,7 @@ typedef struct vctx {
     tl_finding_fn fn;
     void *user;
     int64_t problems;
+    tl_verify_opts opts;
 } vctx;
 
 /* A finding of `kind` at `path` (printf-style), its numbers unset. */
@@ -202,7 +203,7 @@ static int check_datums(vctx *v, const tl_loss_config *cfg, const vdump *p,
 static void check_metrics(vctx *v, json_t *metrics, const tl_metrics *m,
                           int64_t tokens)
 {
-    const tl_tol tol = {1e-5, 1e-5};
+    const tl_tol tol = {v->opts.atol, v->opts.rtol};
     const char *key;
     json_t *val;
     json_object_foreach(metrics, key, val) {
@@ -275,19 +276,24 @@ static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
 }
 
 static tl_status verify(tl_ctx *ctx, const char *src, int is_text,
-                        tl_finding_fn fn, void *user, int64_t *problems,
-                        tl_error *err)
+                        const tl_verify_opts *opts, tl_finding_fn fn,
+                        void *user, int64_t *problems, tl_error *err)
 {
     if (!src)
         return tl__fail(err, TL_ERR_NULL, is_text ? "text" : "path", -1,
                         "%s is NULL", is_text ? "text" : "path");
+    vctx v = {fn, user, 0, opts ? *opts : tl_verify_opts_default()};
+    if (!(v.opts.atol >= 0.0 && v.opts.atol < INFINITY) ||
+        !(v.opts.rtol >= 0.0 && v.opts.rtol < INFINITY))
+        return tl__fail(err, TL_ERR_VALUE, "opts", -1,
+                        "opts.atol and opts.rtol must be finite and >= 0, "
+                        "got %g and %g", v.opts.atol, v.opts.rtol);
     tl__io_use(ctx);
     json_t *root;
     tl_status s = is_text ? tl__jload_text(src, &root, err)
                           : tl__jload_file(src, &root, err);
     if (s)
         return s;
-    vctx v = {fn, user, 0};
     s = verify_root(root, &v, err);
     json_decref(root);
     if (problems)
@@ -295,14 +301,16 @@ static tl_status verify(tl_ctx *ctx, const char *src, int is_text,
     return s ? s : tl__ok(err);
 }
 
-tl_status tl_verify_text(tl_ctx *ctx, const char *text, tl_finding_fn fn,
+tl_status tl_verify_text(tl_ctx *ctx, const char *text,
+                         const tl_verify_opts *opts, tl_finding_fn fn,
                          void *user, int64_t *problems, tl_error *err)
 {
-    return verify(ctx, text, 1, fn, user, problems, err);
+    return verify(ctx, text, 1, opts, fn, user, problems, err);
 }
 
-tl_status tl_verify_file(tl_ctx *ctx, const char *path, tl_finding_fn fn,
+tl_status tl_verify_file(tl_ctx *ctx, const char *path,
+                         const tl_verify_opts *opts, tl_finding_fn fn,
                          void *user, int64_t *problems, tl_error *err)
 {
-    return verify(ctx, path, 0, fn, user, problems, err);
+    return verify(ctx, path, 0, opts, fn, user, problems, err);
 }

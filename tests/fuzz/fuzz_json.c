@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tl_error err;
     int64_t a, b;
     if (data[0] & 1)
-        (void)tl_verify_text(NULL, text, ignore_finding, NULL, &a, &err);
+        (void)tl_verify_text(NULL, text, NULL, ignore_finding, NULL, &a, &err);
     else
         (void)tl_fixture_check_text(NULL, text, ignore_case, NULL, &a, &b, &err);
     free(text);
