@@ -63,46 +63,73 @@ TL_API tl_status tl_fixture_check_text(tl_ctx *ctx, const char *text,
                                        int64_t *passed, int64_t *failed,
                                        tl_error *err);
 
-/* What a verification found: problems, and notes that are not. */
+/* What a verification found: problems, and notes that are not. Each
+ * problem stands for one cause (count: how many values it covers). */
 typedef enum tl_finding_kind {
     /* problems */
     TL_FINDING_REQUEST = 1,   /* a datum's inputs fail the library's checks
-                                 (message: the error) */
+                                 (message: the error; path and position:
+                                 the request's value at fault) */
     TL_FINDING_TOKEN = 2,     /* a model_input token is negative */
     TL_FINDING_LENGTH = 3,    /* model_input and target_tokens have
                                  different lengths (server: the input's,
                                  recomputed: the targets') */
     TL_FINDING_SHIFT = 4,     /* target_tokens is not model_input shifted by
                                  one (server: the target, recomputed: the
-                                 input token); count: how many positions */
+                                 input token, at the first such position);
+                                 count: how many positions */
     TL_FINDING_OUTPUTS = 5,   /* a response's logprobs do not have one value
                                  per target (server: their count) */
     TL_FINDING_LOSS = 6,      /* the loss cannot be recomputed from the
-                                 response's logprobs (message: why) */
+                                 logprobs (message: why) */
     TL_FINDING_METRIC = 7,    /* a metric differs beyond the tolerance */
     TL_FINDING_METRIC_TYPE = 8, /* a response metric is not a number */
     TL_FINDING_NO_LOSS = 9,   /* the response has no loss:sum (recomputed:
                                  its value) */
+    TL_FINDING_LOGPROB = 10,  /* a server logprob differs from the one
+                                 computed from the logits beyond the
+                                 tolerance (one finding per token) */
+    TL_FINDING_POSITIVE = 11, /* logprobs above 0 (a probability above 1),
+                                 in the response or in the request's
+                                 sampler logprobs: server, the first;
+                                 count: how many in that datum */
+    TL_FINDING_RESPONSE_VALUE = 12, /* response logprobs that are missing
+                                 (null, "nan") or infinite: server, the
+                                 first; count: how many in that datum */
+    TL_FINDING_UNSHIFTED = 13, /* target_tokens equals model_input, not
+                                 model_input shifted by one: datum, the
+                                 first such datum; count: how many */
     /* notes */
-    TL_NOTE_METRIC = 100,     /* a metric that agrees */
+    TL_NOTE_METRIC = 100,     /* a metric that agrees (or, recomputed from
+                                 the logits, one whose difference the
+                                 logprob findings already explain) */
     TL_NOTE_UNCHECKED = 101,  /* a metric tinkerloss does not compute
                                  (server: its value) */
     TL_NOTE_SKIPPED = 102,    /* the loss was not recomputed: the request
-                                 is not consistent */
-    TL_NOTE_GAP = 103         /* a sampler/trainer gap the response does
+                                 or the response is not consistent */
+    TL_NOTE_GAP = 103,        /* a sampler/trainer gap the response does
                                  not report (name, recomputed) */
+    TL_NOTE_LOGPROBS = 104    /* per datum, with logits: the largest
+                                 |server - computed| logprob difference
+                                 (position, server, recomputed; count: the
+                                 tokens compared) */
 } tl_finding_kind;
 
 /* One finding, as data: the caller words it. */
 typedef struct tl_finding {
     tl_finding_kind kind;
     int is_note;         /* 1 for the TL_NOTE_ kinds */
-    char path[160];      /* the JSON path of the value at fault, e.g.
+    int local;           /* 1: "recomputed" comes from the logits files
+                            (tl_verify_opts.logits); 0: from the server's
+                            logprobs or the request */
+    char path[160];      /* the JSON path of the value at fault, naming
+                            the side, e.g.
                             "request.data[3].loss_fn_inputs.target_tokens",
+                            "response.loss_fn_outputs[1].logprobs",
                             "response.metrics.loss:sum"; "" if none */
     char name[64];       /* the metric's name, or "" */
     int64_t datum;       /* -1 if none */
-    int64_t position;    /* -1 if none */
+    int64_t position;    /* index within the value at path, -1 if none */
     int64_t count;       /* values this finding stands for (>= 1) */
     double server;       /* the response's (or request's) value, or NaN */
     double recomputed;   /* tinkerloss's value, or NaN */

@@ -220,7 +220,7 @@ def dump_from_compute():
     rc, out, err = run("compute", req, "--logits", npy)
     assert rc == 0, err
     resp = json.loads(out)
-    return {"request": REQUEST, "response": {
+    return {"request": json.loads(json.dumps(REQUEST)), "response": {
         "loss_fn_outputs": resp["loss_fn_outputs"], "metrics": resp["metrics"]}}
 
 
@@ -245,7 +245,9 @@ def _():
     rc, out, _ = run("verify", path)
     assert rc == 1, out
     assert "FINDING metric loss:sum" in out and "DISAGREES" in out, out
-    assert "data[0] position 1: target_tokens is 3 but model_input[2] is 0" in out, out
+    assert ("FINDING request.data[0].loss_fn_inputs.target_tokens: "
+            "target_tokens[1] is 3 but model_input[2] is 0") in out, out
+    assert out.strip().splitlines()[-1] == "2 problems", out
 
 
 @case("verify: unreadable input")
@@ -259,6 +261,133 @@ def _():
     assert rc == 2 and "response" in err, err
     rc, _, err = run("verify")
     assert rc == 2 and "missing DUMP.json" in err, err
+
+
+def write_dump(name, dump):
+    path = os.path.join(TMP, name)
+    with open(path, "w") as f:
+        json.dump(dump, f)
+    return path
+
+
+@case("verify --logits: the server's logprobs token by token")
+def _():
+    _, npy, js = files()
+    ok = write_dump("dump_ok.json", dump_from_compute())
+    for logits in (npy, js):
+        rc, out, err = run("verify", ok, "--logits", logits)
+        assert rc == 0, out + err
+        assert "note: data[0] logprobs: largest |server - from the logits|" in out, out
+        assert "metric loss:sum: server" in out and "from the logits" in out, out
+        assert out.strip().splitlines()[-1] == "0 problems", out
+    dump = dump_from_compute()
+    dump["response"]["loss_fn_outputs"][0]["logprobs"]["data"][2] -= 0.05
+    bad = write_dump("dump_lp.json", dump)
+    rc, out, _ = run("verify", bad, "--logits", npy)
+    assert rc == 1, out
+    assert "FINDING response.loss_fn_outputs[0].logprobs[2]: server" in out, out
+    assert "|difference| 0.05" in out, out
+    # wrong number of files, misshapen logits: errors naming them
+    rc, _, err = run("verify", ok, "--logits", npy, npy)
+    assert rc == 2 and "2 logits files for 1 datums" in err, err
+    short = os.path.join(TMP, "short_v.npy")
+    write_npy(short, LOGITS[:2])
+    rc, _, err = run("verify", ok, "--logits", short)
+    assert rc == 2 and "2 rows of logits for the 3 positions" in err, err
+
+
+@case("verify --atol/--rtol hold every comparison")
+def _():
+    dump = dump_from_compute()
+    dump["response"]["metrics"]["loss:sum"] += 0.003
+    path = write_dump("dump_003.json", dump)
+    rc, out, _ = run("verify", path, "--atol", "0.01", "--rtol", "0.01")
+    assert rc == 0, out
+    rc, out, _ = run("verify", path, "--atol", "1e-7", "--rtol", "1e-7")
+    assert rc == 1 and "FINDING metric loss:sum" in out, out
+    assert "(tolerance 6.5e-08)" in out or "tolerance" in out, out
+
+
+@case("verify: positive, missing and unshifted values, named by side")
+def _():
+    dump = dump_from_compute()
+    dump["response"]["loss_fn_outputs"][0]["logprobs"]["data"][1] = 0.7
+    rc, out, _ = run("verify", write_dump("dump_pos.json", dump))
+    assert rc == 1, out
+    assert ("FINDING response.loss_fn_outputs[0].logprobs[1] = 0.699999988 "
+            "is positive") in out, out
+    dump = dump_from_compute()
+    dump["request"]["data"][0]["loss_fn_inputs"]["logprobs"]["data"][0] = 0.25
+    rc, out, _ = run("verify", write_dump("dump_qpos.json", dump))
+    assert "FINDING request.data[0].loss_fn_inputs.logprobs[0] = 0.25 is positive" in out, out
+    dump = dump_from_compute()
+    dump["response"]["loss_fn_outputs"][0]["logprobs"]["data"][2] = None
+    rc, out, _ = run("verify", write_dump("dump_null.json", dump))
+    assert rc == 1, out
+    assert ("FINDING response.loss_fn_outputs[0].logprobs[2] is missing "
+            "(null or \"nan\")") in out, out
+    assert out.strip().splitlines()[-1] == "1 problem", out
+    # Python's json.dump writes a bare NaN, which JSON does not have
+    path = os.path.join(TMP, "dump_nan.json")
+    with open(path, "w") as f:
+        json.dump(dump, f)
+        f.seek(0)
+    with open(path) as f:
+        text = f.read().replace("null", "NaN")
+    with open(path, "w") as f:
+        f.write(text)
+    rc, _, err = run("verify", path)
+    assert rc == 2 and "invalid token near 'NaN'" in err and '"nan"' in err, err
+    # three unshifted datums: one diagnosis
+    dump = dump_from_compute()
+    d0 = dump["request"]["data"][0]
+    d0["loss_fn_inputs"]["target_tokens"]["data"] = FULL[:-1]
+    dump["request"]["data"] = [d0, d0, d0]
+    dump["response"]["loss_fn_outputs"] *= 3
+    dump["response"]["metrics"] = {}
+    rc, out, _ = run("verify", write_dump("dump_unshifted.json", dump))
+    assert rc == 1, out
+    lines = [l for l in out.splitlines() if l.startswith("FINDING")]
+    assert lines[0] == ("FINDING request.data[0].loss_fn_inputs.target_tokens "
+                        "equals model_input: the targets are not shifted "
+                        "(target_tokens must be model_input[1:] followed by "
+                        "the next token); 3 datums in all"), lines
+    assert out.strip().splitlines()[-1] == "2 problems", out  # and no loss:sum
+
+
+@case("a cookbook dump: the mask, and an image chunk, in verify and compute")
+def _():
+    req, npy, _ = files()
+    image_req = json.loads(json.dumps(REQUEST))
+    d0 = image_req["data"][0]
+    d0["loss_fn_inputs"]["mask"] = {"data": [0.0, 0.0, 0.0, 1.0, 1.0],
+                                    "dtype": "float32"}
+    # an image of 2 positions before the text: 5 positions in all
+    d0["model_input"]["chunks"].insert(0, {"type": "image", "data": "iVBORw0K",
+                                           "format": "png", "expected_tokens": 2})
+    ti = d0["loss_fn_inputs"]
+    ti["target_tokens"] = {"data": [9, FULL[0]] + FULL[1:], "dtype": "int64", "shape": [5]}
+    for key, pad in (("logprobs", -2.0), ("advantages", 0.0)):
+        ti[key]["data"] = [pad, pad] + ti[key]["data"]
+    rows = [[0.0] * 10 for _ in range(2)] + [r + [0.0] * 5 for r in LOGITS]
+    big = os.path.join(TMP, "logits_img.npy")
+    write_npy(big, rows)
+    path = write_dump("req_img.json", image_req)
+    rc, out, err = run("compute", path, "--logits", big)
+    assert rc == 0, err
+    resp = json.loads(out)
+    assert len(resp["loss_fn_outputs"][0]["logprobs"]["data"]) == 5
+    dump = write_dump("dump_img.json", {"request": image_req, "response": {
+        "loss_fn_outputs": resp["loss_fn_outputs"], "metrics": resp["metrics"]}})
+    rc, out, err = run("verify", dump, "--logits", big)
+    assert rc == 0, out + err
+    assert out.strip().splitlines()[-1] == "0 problems", out
+    # the mask chooses the sampled tokens of the sampler metrics
+    assert "metric sampler_entropy:mean: server 0.400000006" in out, out
+    del d0["model_input"]["chunks"][0]["expected_tokens"]
+    rc, _, err = run("verify", write_dump("dump_img2.json", {
+        "request": image_req, "response": json.loads(json.dumps(resp))}))
+    assert rc == 2 and "request.data[0].model_input.chunks[0].expected_tokens: missing" in err, err
 
 
 @case("version and help")

@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* A valid importance_sampling case over 2 rows of 3 logits, with expected
  * values computed by the library itself (the golden files hold the
@@ -139,7 +140,7 @@ START_TEST(test_malformed_cases)
     json_array_set_new(json_object_get(json_object_get(inputs_of(c),
                                                        "logprobs"), "data"),
                        0, json_null());
-    run_case(c, 0, "logprobs: data[0] is null");
+    run_case(c, 0, "a missing sampler logprob is not taken as 0");
     c = base_case();
     json_array_set_new(json_object_get(json_object_get(inputs_of(c),
                                                        "logprobs"), "data"),
@@ -158,8 +159,15 @@ START_TEST(test_malformed_cases)
     c = base_case();
     json_object_set_new(json_array_get(json_object_get(json_object_get(
         json_array_get(json_object_get(c, "data"), 0), "model_input"),
+        "chunks"), 0), "type", json_string("video"));
+    run_case(c, 0, "unknown chunk type \"video\"");
+    /* an image chunk must say how many positions it takes */
+    c = base_case();
+    json_object_set_new(json_array_get(json_object_get(json_object_get(
+        json_array_get(json_object_get(c, "data"), 0), "model_input"),
         "chunks"), 0), "type", json_string("image"));
-    run_case(c, 0, "unknown chunk type \"image\"");
+    run_case(c, 0, "cases[0].data[0].model_input.chunks[0].expected_tokens: "
+                   "missing");
     c = base_case();
     json_object_set_new(inputs_of(c), "rewards",
                         json_pack("{s:[f,f], s:s}", "data", 1.0, 1.0, "dtype",
@@ -411,9 +419,10 @@ START_TEST(test_verify)
                                                        "logprobs"), "data"),
                        0, json_real(-900.0));
     ck_assert_int_eq(verify(d, TL_OK), 1);
-    f = find(TL_FINDING_REQUEST, "data[0] token 0: the loss or its gradient "
-                                 "overflows");
-    ck_assert(f && f->datum == 0 && f->position == 0);
+    f = find(TL_FINDING_LOSS, "data[0] token 0: the loss or its gradient "
+                              "overflows");
+    ck_assert(f && f->datum == 0 && f->position == 0 && !f->local);
+    ck_assert_str_eq(f->path, "request.data[0].loss_fn_inputs");
     /* unreadable */
     d = base_dump();
     json_object_del(d, "response");
@@ -426,6 +435,206 @@ START_TEST(test_verify)
     ck_assert_int_eq(tl_verify_file(NULL, "/nonexistent.json", NULL, NULL, NULL,
                                     NULL, &e),
                      TL_ERR_IO);
+}
+END_TEST
+
+static json_t *resp_lps(json_t *d, int64_t i)
+{
+    return json_object_get(json_object_get(json_array_get(json_object_get(
+        json_object_get(d, "response"), "loss_fn_outputs"), (size_t)i),
+        "logprobs"), "data");
+}
+
+/* Logprobs as values: positive ones on either side, missing and infinite
+ * ones in the response, each named by side, path and position. */
+START_TEST(test_verify_values)
+{
+    json_t *d = base_dump();
+    json_array_set_new(resp_lps(d, 0), 1, json_real(0.7));
+    ck_assert_int_ge(verify(d, TL_OK), 1);
+    const tl_finding *f = find(TL_FINDING_POSITIVE,
+                               "response.loss_fn_outputs[0].logprobs");
+    ck_assert(f && f->datum == 0 && f->position == 1 &&
+              f->server == (double)0.7f && f->count == 1);
+    d = base_dump();
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "logprobs"), "data"),
+                       0, json_real(0.5));
+    ck_assert_int_ge(verify(d, TL_OK), 1);
+    f = find(TL_FINDING_POSITIVE, "request.data[0].loss_fn_inputs.logprobs");
+    ck_assert(f && f->position == 0 && f->server == 0.5);
+    /* null means missing, as "nan" does; the loss is then not recomputed */
+    const char *missing[3] = {"null", "nan", "-inf"};
+    for (int k = 0; k < 3; k++) {
+        d = base_dump();
+        json_array_set_new(resp_lps(d, 0), 1,
+                           k == 0 ? json_null() : json_string(missing[k]));
+        ck_assert_int_eq(verify(d, TL_OK), 1);
+        f = find(TL_FINDING_RESPONSE_VALUE,
+                 "response.loss_fn_outputs[0].logprobs");
+        ck_assert_msg(f && f->position == 1 && f->count == 1 &&
+                          (k < 2 ? isnan(f->server) : f->server == -INFINITY),
+                      "%s", missing[k]);
+        ck_assert(find(TL_NOTE_SKIPPED, ""));
+    }
+}
+END_TEST
+
+/* One cause, one finding: a batch of unshifted datums. */
+START_TEST(test_verify_unshifted)
+{
+    json_t *d = base_dump();
+    json_t *data = json_object_get(json_object_get(d, "request"), "data");
+    json_t *outs = json_object_get(json_object_get(d, "response"),
+                                   "loss_fn_outputs");
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "target_tokens"),
+                                       "data"), 0, json_integer(7));
+    json_array_set_new(json_object_get(json_object_get(req_inputs(d),
+                                                       "target_tokens"),
+                                       "data"), 1, json_integer(2));
+    for (int k = 0; k < 2; k++) {
+        json_array_append_new(data, json_deep_copy(json_array_get(data, 0)));
+        json_array_append_new(outs, json_deep_copy(json_array_get(outs, 0)));
+    }
+    json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
+    const double loss = json_real_value(json_object_get(m, "loss:sum"));
+    json_object_clear(m);
+    json_object_set_new(m, "loss:sum", json_real(3 * loss));
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    const tl_finding *f = find(TL_FINDING_UNSHIFTED, "target_tokens");
+    ck_assert(f && f->datum == 0 && f->count == 3);
+    ck_assert(!find(TL_FINDING_SHIFT, ""));
+}
+END_TEST
+
+/* Image chunks take expected_tokens positions, which the shift check
+ * skips. */
+START_TEST(test_verify_image)
+{
+    json_t *d = base_dump();
+    json_t *datum = json_array_get(json_object_get(json_object_get(
+        d, "request"), "data"), 0);
+    json_array_append_new(
+        json_object_get(json_object_get(datum, "model_input"), "chunks"),
+        json_pack("{s:s, s:s, s:s, s:i}", "type", "image", "data", "iVBO",
+                  "format", "png", "expected_tokens", 2));
+    json_t *in = req_inputs(d);
+    json_t *tt = json_object_get(json_object_get(in, "target_tokens"), "data");
+    json_array_append_new(tt, json_integer(5));
+    json_array_append_new(tt, json_integer(1));
+    json_object_set_new(json_object_get(in, "target_tokens"), "shape",
+                        json_pack("[i]", 4));
+    const char *grow[2] = {"logprobs", "advantages"};
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < 2; r++)
+            json_array_append_new(json_object_get(json_object_get(in, grow[k]),
+                                                  "data"), json_real(-0.5));
+    json_array_append_new(resp_lps(d, 0), json_real(-0.25));
+    json_array_append_new(resp_lps(d, 0), json_real(-0.75));
+    json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
+    json_object_clear(m);
+    json_t *copy = json_deep_copy(d);
+    /* no loss:sum to compare: its value is reported */
+    ck_assert_int_eq(verify(d, TL_OK), 1);
+    const tl_finding *f = find(TL_FINDING_NO_LOSS, "response.metrics");
+    ck_assert(f && isfinite(f->recomputed));
+    ck_assert(!find(TL_FINDING_SHIFT, "") && !find(TL_FINDING_LENGTH, ""));
+    json_object_set_new(json_object_get(json_object_get(copy, "response"),
+                                        "metrics"),
+                        "loss:sum", json_real(f->recomputed));
+    json_t *broken = json_deep_copy(copy);
+    ck_assert_int_eq(verify(copy, TL_OK), 0);
+    /* a wrong target outside the image is still caught */
+    json_array_set_new(json_object_get(json_object_get(req_inputs(broken),
+                                                       "target_tokens"),
+                                       "data"), 0, json_integer(1));
+    ck_assert_int_eq(verify(broken, TL_OK), 1);
+    f = find(TL_FINDING_SHIFT, "target_tokens");
+    ck_assert(f && f->position == 0 && f->count == 1);
+}
+END_TEST
+
+/* Tolerances, and the server's logprobs against the model's logits. */
+START_TEST(test_verify_opts)
+{
+    json_t *d = base_dump();
+    json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
+    const double loss = json_real_value(json_object_get(m, "loss:sum"));
+    json_object_set_new(m, "loss:sum", json_real(loss + 0.003));
+    char *text = json_dumps(d, 0);
+    json_decref(d);
+    tl_verify_opts o = tl_verify_opts_default();
+    int64_t problems = -1;
+    tl_error e;
+    o.atol = o.rtol = 0.01;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, NULL, NULL, &problems, &e),
+                     TL_OK);
+    ck_assert_int_eq(problems, 0);
+    o.atol = o.rtol = 1e-7;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, NULL, NULL, &problems, &e),
+                     TL_OK);
+    ck_assert_int_eq(problems, 1);
+    o.atol = -1.0;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, NULL, NULL, &problems, &e),
+                     TL_ERR_VALUE);
+    free(text);
+    /* the logits of the base case as a JSON TENSOR file */
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tl_test_verify_%d.json", (int)getpid());
+    FILE *fp = fopen(path, "w");
+    fputs("{\"data\": [0.0, 1.0, 2.0, 3.0, -1.0, 0.5], \"dtype\": "
+          "\"float32\", \"shape\": [2, 3]}", fp);
+    fclose(fp);
+    const char *paths[2] = {path, path};
+    tl_logits_files lf = {paths, 1, TL_F32};
+    o = tl_verify_opts_default();
+    o.logits = &lf;
+    d = base_dump();
+    text = json_dumps(d, 0);
+    json_decref(d);
+    nfound = 0;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, gather, NULL, &problems,
+                                    &e), TL_OK);
+    ck_assert_int_eq(problems, 0);
+    const tl_finding *f = find(TL_NOTE_LOGPROBS, "response.loss_fn_outputs[0]");
+    ck_assert(f && f->local && f->count == 2 &&
+              fabs(f->server - f->recomputed) <= 1e-7);
+    f = find(TL_NOTE_METRIC, "loss:sum");
+    ck_assert(f && !f->local);
+    free(text);
+    /* one server logprob off by 0.05: found token by token */
+    d = base_dump();
+    const double lp1 = json_real_value(json_array_get(resp_lps(d, 0), 1));
+    json_array_set_new(resp_lps(d, 0), 1, json_real(lp1 - 0.05));
+    text = json_dumps(d, 0);
+    json_decref(d);
+    nfound = 0;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, gather, NULL, &problems,
+                                    &e), TL_OK);
+    f = find(TL_FINDING_LOGPROB, "response.loss_fn_outputs[0].logprobs");
+    ck_assert(f && f->local && f->datum == 0 && f->position == 1 &&
+              fabs(f->server - f->recomputed - -0.05) < 1e-6);
+    /* the server's loss:sum agrees with the logits' logprobs */
+    for (int k = 0; k < nfound; k++)
+        if (found[k].local && !strcmp(found[k].name, "loss:sum"))
+            ck_assert(found[k].kind == TL_NOTE_METRIC &&
+                      fabs(found[k].server - found[k].recomputed) < 1e-6);
+    /* one file per datum, with the datum's rows */
+    lf.n = 2;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, NULL, NULL, &problems,
+                                    &e), TL_ERR_SIZE);
+    fp = fopen(path, "w");
+    fputs("{\"data\": [0.0, 1.0, 2.0], \"dtype\": \"float32\", \"shape\": "
+          "[1, 3]}", fp);
+    fclose(fp);
+    lf.n = 1;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &o, NULL, NULL, &problems,
+                                    &e), TL_ERR_SHAPE);
+    ck_assert_msg(strstr(e.message, "1 rows of logits for the 2 positions"),
+                  "%s", e.message);
+    free(text);
+    remove(path);
 }
 END_TEST
 
@@ -495,6 +704,10 @@ int main(void)
     tcase_add_test(tc, test_sparse_tensors);
     tcase_add_test(tc, test_file_errors);
     tcase_add_test(tc, test_verify);
+    tcase_add_test(tc, test_verify_values);
+    tcase_add_test(tc, test_verify_unshifted);
+    tcase_add_test(tc, test_verify_image);
+    tcase_add_test(tc, test_verify_opts);
     tcase_add_test(tc, test_compute_errors);
     tcase_add_test(tc, test_limits);
     suite_add_tcase(s, tc);

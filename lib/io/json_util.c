@@ -61,6 +61,21 @@ tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err)
     return TL_OK;
 }
 
+/* jansson's complaint, with a hint when it is about the bare NaN and
+ * Infinity that Python's json module writes. */
+static const char *nan_hint(const json_error_t *je)
+{
+    static const char *const tokens[] = {"'NaN'", "'Infinity'",
+                                         "'-Infinity'", "'-'"};
+    for (size_t k = 0; k < sizeof tokens / sizeof tokens[0]; k++)
+        if (strstr(je->text, "invalid token near ") &&
+            strcmp(strstr(je->text, "near ") + 5, tokens[k]) == 0)
+            return " (JSON has no NaN or Infinity, which Python's json.dump "
+                   "writes: write a non-finite number as the string \"nan\", "
+                   "\"inf\" or \"-inf\" and a missing one as null)";
+    return "";
+}
+
 tl_status tl__jload_file(const char *path, json_t **out, tl_error *err)
 {
     FILE *f = fopen(path, "rb");
@@ -76,8 +91,8 @@ tl_status tl__jload_file(const char *path, json_t **out, tl_error *err)
     fclose(f);
     if (!*out)
         return tl__fail(err, TL_ERR_JSON, path, je.line,
-                        "%s:%d:%d: invalid JSON: %s", path, je.line,
-                        je.column, je.text);
+                        "%s:%d:%d: invalid JSON: %s%s", path, je.line,
+                        je.column, je.text, nan_hint(&je));
     return TL_OK;
 }
 
@@ -95,8 +110,8 @@ tl_status tl__jload_text(const char *text, json_t **out, tl_error *err)
     *out = json_loads(text, JSON_REJECT_DUPLICATES, &je);
     if (!*out)
         return tl__fail(err, TL_ERR_JSON, "", je.line,
-                        "%d:%d: invalid JSON: %s", je.line, je.column,
-                        je.text);
+                        "%d:%d: invalid JSON: %s%s", je.line, je.column,
+                        je.text, nan_hint(&je));
     return TL_OK;
 }
 
@@ -114,7 +129,7 @@ void tl__jt_free(jt *t)
     memset(t, 0, sizeof *t);
 }
 
-static const char *type_name(const json_t *j)
+const char *tl__jtype_name(const json_t *j)
 {
     if (!j)
         return "missing";
@@ -131,7 +146,8 @@ static const char *type_name(const json_t *j)
     return "unknown";
 }
 
-/* One float element: a number or "inf", "-inf", "nan". */
+/* One float element: a number, "inf", "-inf", "nan", or null (a missing
+ * value, taken as NaN as "nan" is). */
 static tl_status parse_float(json_t *e, const char *path, int64_t i,
                              tl_dtype dtype, float *out, double *out64,
                              tl_error *err)
@@ -139,6 +155,8 @@ static tl_status parse_float(json_t *e, const char *path, int64_t i,
     double v;
     if (json_is_number(e)) {
         v = json_number_value(e);
+    } else if (json_is_null(e)) {
+        v = NAN;
     } else if (json_is_string(e)) {
         const char *s = json_string_value(e);
         if (!strcmp(s, "inf"))
@@ -155,7 +173,7 @@ static tl_status parse_float(json_t *e, const char *path, int64_t i,
     } else {
         return tl__jfail(err, TL_ERR_JSON, path, i,
                          "data[%lld] is %s, expected a number", (long long)i,
-                         type_name(e));
+                         tl__jtype_name(e));
     }
     const float f = (float)v;
     if (isfinite(v) && !isfinite(f))
@@ -178,7 +196,7 @@ static tl_status parse_int(json_t *e, const char *path, int64_t i,
     if (!json_is_integer(e))
         return tl__jfail(err, TL_ERR_JSON, path, i,
                          "data[%lld] is %s, expected an integer",
-                         (long long)i, type_name(e));
+                         (long long)i, tl__jtype_name(e));
     *out = (int64_t)json_integer_value(e);
     return TL_OK;
 }
@@ -190,7 +208,7 @@ static tl_status int_list(json_t *a, const char *path, const char *key,
     if (!json_is_array(a))
         return tl__jfail(err, TL_ERR_JSON, path, -1,
                          "%s is %s, expected an array of integers", key,
-                         type_name(a));
+                         tl__jtype_name(a));
     *len = (int64_t)json_array_size(a);
     *out = tl__malloc((size_t)(*len + 1) * sizeof **out);
     if (!*out)
@@ -269,7 +287,7 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
     if (!json_is_object(j))
         return tl__jfail(err, TL_ERR_JSON, path, -1,
                          "is %s, expected a tensor {\"data\", \"dtype\", "
-                         "\"shape\"}", type_name(j));
+                         "\"shape\"}", tl__jtype_name(j));
     json_t *data = json_object_get(j, "data");
     json_t *dtype = json_object_get(j, "dtype");
     json_t *shape = tl__jget(j, "shape");
@@ -279,7 +297,7 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
         return tl__jfail(err, TL_ERR_JSON, path, -1, "missing \"data\"");
     if (!json_is_array(data))
         return tl__jfail(err, TL_ERR_JSON, path, -1,
-                         "data is %s, expected an array", type_name(data));
+                         "data is %s, expected an array", tl__jtype_name(data));
     if (!dtype)
         return tl__jfail(err, TL_ERR_JSON, path, -1, "missing \"dtype\"");
     const char *ds = json_is_string(dtype) ? json_string_value(dtype) : "";
@@ -294,7 +312,7 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
                          "unknown dtype %s%s%s (expected \"int64\", "
                          "\"float32\" or \"bfloat16\")",
                          json_is_string(dtype) ? "\"" : "",
-                         json_is_string(dtype) ? ds : type_name(dtype),
+                         json_is_string(dtype) ? ds : tl__jtype_name(dtype),
                          json_is_string(dtype) ? "\"" : "");
     const int64_t nvals = (int64_t)json_array_size(data);
     int64_t dims[2] = {nvals, 1};
@@ -357,183 +375,6 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
     }
     if (s)
         tl__jt_free(t);
-    return s;
-}
-
-/* ---- datums --------------------------------------------------------------- */
-
-void tl__jdatum_free(jdatum *d)
-{
-    free(d->model_input);
-    for (int i = 0; i < JD_NINPUTS; i++)
-        tl__jt_free(&d->in[i]);
-    memset(d, 0, sizeof *d);
-}
-
-static const char *const input_keys[JD_NINPUTS] = {
-    "target_tokens", "weights", "logprobs", "advantages",
-    "clip_low_threshold", "clip_high_threshold", "mask",
-};
-
-static tl_tensor view_of(const jt *t)
-{
-    tl_tensor v;
-    memset(&v, 0, sizeof v);
-    if (t->ndim == 0)
-        return v;
-    v = t->ndim == 2 ? tl_tensor_2d(NULL, t->dtype, t->shape[0], t->shape[1])
-                     : tl_tensor_1d(NULL, t->dtype, t->shape[0]);
-    /* bfloat16 inputs are used as the float32 values they hold */
-    v.dtype = t->dtype == TL_BF16 ? TL_F32 : t->dtype;
-    v.data = t->dtype == TL_I64 ? (const void *)t->i64 : (const void *)t->f32;
-    return v;
-}
-
-tl_status tl__jdatum_parse(json_t *j, const char *path, jdatum *d,
-                           tl_error *err)
-{
-    memset(d, 0, sizeof *d);
-    char p[TL_PATH_MAX];
-    if (!json_is_object(j))
-        return tl__jfail(err, TL_ERR_JSON, path, -1,
-                         "is %s, expected a Datum object", type_name(j));
-    json_t *mi = json_object_get(j, "model_input");
-    json_t *chunks = tl__jget(mi, "chunks");
-    snprintf(p, sizeof p, "%s.model_input.chunks", path);
-    if (!json_is_array(chunks))
-        return tl__jfail(err, TL_ERR_JSON, p, -1,
-                         "missing or not an array");
-    tl_status s = TL_OK;
-    int64_t total = 0;
-    for (size_t c = 0; c < json_array_size(chunks); c++) {
-        json_t *ch = json_array_get(chunks, c);
-        snprintf(p, sizeof p, "%s.model_input.chunks[%zu]", path, c);
-        json_t *type = tl__jget(ch, "type");
-        if (!json_is_string(type) ||
-            strcmp(json_string_value(type), "encoded_text") != 0)
-            return tl__jfail(err, TL_ERR_JSON, p, -1,
-                             "unknown chunk type %s%s%s (only "
-                             "\"encoded_text\" is supported)",
-                             json_is_string(type) ? "\"" : "",
-                             json_is_string(type) ? json_string_value(type)
-                                                  : "(missing)",
-                             json_is_string(type) ? "\"" : "");
-        json_t *toks = tl__jget(ch, "tokens");
-        if (!json_is_array(toks))
-            return tl__jfail(err, TL_ERR_JSON, p, -1,
-                             "tokens missing or not an array");
-        total += (int64_t)json_array_size(toks);
-    }
-    d->model_input = tl__malloc((size_t)(total + 1) * sizeof *d->model_input);
-    if (!d->model_input)
-        return tl__fail(err, TL_ERR_NOMEM, path, -1, "out of memory");
-    for (size_t c = 0; c < json_array_size(chunks) && !s; c++) {
-        json_t *toks = json_object_get(json_array_get(chunks, c), "tokens");
-        snprintf(p, sizeof p, "%s.model_input.chunks[%zu].tokens", path, c);
-        for (size_t i = 0; i < json_array_size(toks) && !s; i++) {
-            json_t *e = json_array_get(toks, i);
-            if (!json_is_integer(e))
-                s = tl__jfail(err, TL_ERR_JSON, p, (int64_t)i,
-                              "[%zu] is %s, expected an integer token", i,
-                              type_name(e));
-            else
-                d->model_input[d->model_input_len++] =
-                    (int64_t)json_integer_value(e);
-        }
-    }
-    json_t *inputs = json_object_get(j, "loss_fn_inputs");
-    snprintf(p, sizeof p, "%s.loss_fn_inputs", path);
-    if (!s && !json_is_object(inputs))
-        s = tl__jfail(err, TL_ERR_JSON, p, -1, "missing or not an object");
-    const char *key;
-    json_t *val;
-    if (!s)
-        json_object_foreach(inputs, key, val) {
-            int k = 0;
-            while (k < JD_NINPUTS && strcmp(key, input_keys[k]) != 0)
-                k++;
-            snprintf(p, sizeof p, "%s.loss_fn_inputs.%s", path, key);
-            if (k == JD_NINPUTS) {
-                s = tl__jfail(err, TL_ERR_JSON, p, -1,
-                              "unknown loss_fn_inputs key \"%s\"", key);
-                break;
-            }
-            if ((s = tl__jt_parse(val, p, &d->in[k], err)))
-                break;
-            const int want_int = k == JD_TARGETS;
-            if (want_int != (d->in[k].dtype == TL_I64)) {
-                s = tl__jfail(err, TL_ERR_JSON, p, -1,
-                              "dtype must be %s", want_int ? "int64"
-                                                           : "float32");
-                break;
-            }
-        }
-    if (s) {
-        tl__jdatum_free(d);
-        return s;
-    }
-    tl_datum *v = &d->view;
-    memset(v, 0, sizeof *v);
-    v->target_tokens = view_of(&d->in[JD_TARGETS]);
-    v->weights = view_of(&d->in[JD_WEIGHTS]);
-    v->logprobs = view_of(&d->in[JD_LOGPROBS]);
-    v->advantages = view_of(&d->in[JD_ADVANTAGES]);
-    v->clip_low_threshold = view_of(&d->in[JD_CLIP_LOW]);
-    v->clip_high_threshold = view_of(&d->in[JD_CLIP_HIGH]);
-    v->mask = view_of(&d->in[JD_MASK]);
-    return TL_OK;
-}
-
-tl_status tl__jconfig_parse(json_t *loss_fn, json_t *config,
-                            const char *path, tl_loss_config *out,
-                            tl_error *err)
-{
-    char p[TL_PATH_MAX];
-    snprintf(p, sizeof p, "%sloss_fn", path);
-    if (!json_is_string(loss_fn))
-        return tl__jfail(err, TL_ERR_JSON, p, -1, "missing or not a string");
-    snprintf(p, sizeof p, "%sloss_fn_config", path);
-    const size_t n = json_is_object(config) ? json_object_size(config) : 0;
-    if (config && !json_is_object(config))
-        return tl__jfail(err, TL_ERR_JSON, p, -1,
-                         "is %s, expected an object or null",
-                         type_name(config));
-    const char **keys = tl__malloc((n + 1) * sizeof *keys);
-    double *vals = tl__malloc((n + 1) * sizeof *vals);
-    if (!keys || !vals) {
-        free(keys);
-        free(vals);
-        return tl__fail(err, TL_ERR_NOMEM, p, -1, "out of memory");
-    }
-    size_t i = 0;
-    const char *key;
-    json_t *val;
-    tl_status s = TL_OK;
-    if (config)
-        json_object_foreach(config, key, val) {
-            if (!json_is_number(val)) {
-                s = tl__jfail(err, TL_ERR_JSON, p, (int64_t)i,
-                              "\"%s\" is %s, expected a number", key,
-                              type_name(val));
-                break;
-            }
-            keys[i] = key;
-            vals[i++] = json_number_value(val);
-        }
-    if (!s) {
-        s = tl_loss_config_init(out, json_string_value(loss_fn), keys, vals,
-                                (int64_t)i, err);
-        if (s && err) {
-            /* name the JSON path of the request or case */
-            char msg[sizeof err->message], arg[TL_PATH_MAX];
-            snprintf(arg, sizeof arg, "%s%s", path, err->arg);
-            snprintf(msg, sizeof msg, "%s: %s", arg, err->message);
-            memcpy(err->message, msg, sizeof msg);
-            snprintf(err->arg, sizeof err->arg, "%s", arg);
-        }
-    }
-    free(keys);
-    free(vals);
     return s;
 }
 

@@ -30,8 +30,10 @@ void tl__jt_free(jt *t);
 enum { JD_TARGETS, JD_WEIGHTS, JD_LOGPROBS, JD_ADVANTAGES, JD_CLIP_LOW,
        JD_CLIP_HIGH, JD_MASK, JD_NINPUTS };
 typedef struct jdatum {
-    int64_t *model_input;
+    int64_t *model_input;      /* -1 at an image's positions */
     int64_t model_input_len;
+    unsigned char *image;      /* 1 at an image's positions; NULL when the
+                                  input has no image chunk */
     jt in[JD_NINPUTS];
     tl_datum view;
 } jdatum;
@@ -88,5 +90,8 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err);
 
 /* Get a member by key; NULL if absent or JSON null. */
 json_t *tl__jget(json_t *obj, const char *key);
+
+/* "an object", "a string", ... or "missing" (NULL), for messages. */
+const char *tl__jtype_name(const json_t *j);
 
 #endif

@@ -1,102 +1,16 @@
-/* Verification of a real Tinker call: request consistency and the loss
- * recomputed from the server's logprobs, reported as findings (data; the
- * command line words them). */
+/* Verification of a real Tinker call: the request's consistency, the
+ * logprobs of both sides, the loss and metrics recomputed from the
+ * server's logprobs and, given the model's logits, a token-by-token
+ * comparison of the logprobs and the loss recomputed from them. Reported
+ * as findings (data; the command line words them). */
 #include "compare.h"
-#include "json_util.h"
 #include "losses.h"
+#include "verify.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct vctx {
-    tl_finding_fn fn;
-    void *user;
-    int64_t problems;
-    tl_verify_opts opts;
-} vctx;
-
-/* A finding of `kind` at `path` (printf-style), its numbers unset. */
-static tl_finding finding(tl_finding_kind kind, int64_t datum,
-                          int64_t position, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-
-static tl_finding finding(tl_finding_kind kind, int64_t datum,
-                          int64_t position, const char *fmt, ...)
-{
-    tl_finding f;
-    memset(&f, 0, sizeof f);
-    f.kind = kind;
-    f.is_note = kind >= TL_NOTE_METRIC;
-    f.datum = datum;
-    f.position = position;
-    f.count = 1;
-    f.server = f.recomputed = f.tolerance = NAN;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f.path, sizeof f.path, fmt, ap);
-    va_end(ap);
-    return f;
-}
-
-static void emit(vctx *v, const tl_finding *f)
-{
-    if (!f->is_note)
-        v->problems++;
-    if (v->fn)
-        v->fn(v->user, f);
-}
-
-/* model_input against target_tokens: tokens >= 0, same length, shifted by
- * one (one finding for all the positions that are not). */
-static void check_alignment(vctx *v, const jdatum *d, int64_t i)
-{
-    const jt *t = &d->in[JD_TARGETS];
-    for (int64_t j = 0; j < d->model_input_len; j++)
-        if (d->model_input[j] < 0) {
-            tl_finding f = finding(TL_FINDING_TOKEN, i, j,
-                                   "request.data[%lld].model_input",
-                                   (long long)i);
-            f.server = (double)d->model_input[j];
-            emit(v, &f);
-        }
-    if (t->ndim != 1)
-        return; /* (N, K) targets are not a shifted sequence */
-    const int64_t n = t->shape[0];
-    if (d->model_input_len != n) {
-        tl_finding f = finding(TL_FINDING_LENGTH, i, -1, "request.data[%lld]",
-                               (long long)i);
-        f.server = (double)d->model_input_len;
-        f.recomputed = (double)n;
-        emit(v, &f);
-    }
-    const int64_t overlap = (n < d->model_input_len ? n : d->model_input_len) - 1;
-    tl_finding f = finding(TL_FINDING_SHIFT, i, -1,
-                           "request.data[%lld].loss_fn_inputs.target_tokens",
-                           (long long)i);
-    f.count = 0;
-    for (int64_t j = 0; j < overlap; j++)
-        if (t->i64[j] != d->model_input[j + 1] && f.count++ == 0) {
-            f.position = j;
-            f.server = (double)t->i64[j];
-            f.recomputed = (double)d->model_input[j + 1];
-        }
-    if (f.count > 0)
-        emit(v, &f);
-}
-
-/* The parsed dump: datums, their views and the server's logprobs. */
-typedef struct vdump {
-    int64_t n;
-    jdatum *d;
-    jt *lp;
-    tl_datum *views;
-    const float **lps;
-} vdump;
 
 static void vdump_free(vdump *p)
 {
@@ -157,82 +71,57 @@ static tl_status parse_dump(json_t *root, tl_loss_config *cfg, vdump *p,
                                        "logprobs"),
                               path, &p->lp[i], err)))
             return s;
+        if (p->lp[i].dtype == TL_I64)
+            return tl__jfail(err, TL_ERR_JSON, path, -1,
+                             "dtype must be float32");
         p->views[i] = p->d[i].view;
         p->lps[i] = p->lp[i].f32;
     }
     return TL_OK;
 }
 
-/* Each datum on its own: alignment, outputs, inputs and logprobs. 0 when
- * the loss can be recomputed. */
-static int check_datums(vctx *v, const tl_loss_config *cfg, const vdump *p,
-                        int64_t *tokens)
-{
-    int usable = 1;
-    *tokens = 0;
-    for (int64_t i = 0; i < p->n; i++) {
-        check_alignment(v, &p->d[i], i);
-        const int64_t want = p->d[i].in[JD_TARGETS].count;
-        *tokens += want;
-        char name[TL_PATH_MAX];
-        snprintf(name, sizeof name, "response.loss_fn_outputs[%lld].logprobs",
-                 (long long)i);
-        tl_error e;
-        if (p->lp[i].count != want) {
-            tl_finding f = finding(TL_FINDING_OUTPUTS, i, -1, "%s", name);
-            f.server = (double)p->lp[i].count;
-            f.recomputed = (double)want;
-            emit(v, &f);
-            usable = 0;
-        } else if (tl__eval_datum(cfg, &p->views[i], i, p->lps[i], name,
-                                  &e) != TL_OK) {
-            const int response = strncmp(e.arg, "response.", 9) == 0;
-            tl_finding f = finding(response ? TL_FINDING_LOSS
-                                            : TL_FINDING_REQUEST,
-                                   i, e.index, "%s%s",
-                                   response ? "" : "request.", e.arg);
-            snprintf(f.message, sizeof f.message, "%s", e.message);
-            emit(v, &f);
-            usable = 0;
-        }
-    }
-    return usable;
-}
-
-/* The server's metrics against those recomputed from its logprobs. */
+/* The server's metrics against those recomputed (from the server's
+ * logprobs, or with `local` from the logits). `explained`: the logprob
+ * findings already account for a local difference. */
 static void check_metrics(vctx *v, json_t *metrics, const tl_metrics *m,
-                          int64_t tokens)
+                          int64_t tokens, int local, int explained)
 {
-    const tl_tol tol = {v->opts.atol, v->opts.rtol};
     const char *key;
     json_t *val;
     json_object_foreach(metrics, key, val) {
-        tl_finding f = finding(TL_FINDING_METRIC, -1, -1,
-                               "response.metrics.%s", key);
+        tl_finding f = tl__finding(TL_FINDING_METRIC, -1, -1,
+                                   "response.metrics.%s", key);
         snprintf(f.name, sizeof f.name, "%s", key);
+        f.local = local;
         const double *got = tl_metrics_get(m, key);
         if (!json_is_number(val)) {
+            if (local)
+                continue; /* said once */
             f.kind = TL_FINDING_METRIC_TYPE;
+        } else if (!got) {
+            if (local)
+                continue;
+            f.server = json_number_value(val);
+            f.kind = TL_NOTE_UNCHECKED;
         } else {
             f.server = json_number_value(val);
-            if (got) {
-                f.recomputed = *got;
-                f.tolerance = tol.atol * (double)tokens +
-                              tol.rtol * fabs(f.server);
-                if (fabs(f.recomputed - f.server) <= f.tolerance)
-                    f.kind = TL_NOTE_METRIC;
-            } else {
-                f.kind = TL_NOTE_UNCHECKED;
-            }
+            f.recomputed = *got;
+            f.tolerance = v->opts.atol * (double)tokens +
+                          v->opts.rtol * fabs(f.server);
+            if (fabs(f.recomputed - f.server) <= f.tolerance || explained)
+                f.kind = TL_NOTE_METRIC;
         }
         f.is_note = f.kind >= TL_NOTE_METRIC;
-        emit(v, &f);
+        tl__emit(v, &f);
     }
+    if (local)
+        return;
     if (!tl__jget(metrics, "loss:sum")) {
-        tl_finding f = finding(TL_FINDING_NO_LOSS, -1, -1, "response.metrics");
+        tl_finding f = tl__finding(TL_FINDING_NO_LOSS, -1, -1,
+                                   "response.metrics");
         snprintf(f.name, sizeof f.name, "loss:sum");
         f.recomputed = *tl_metrics_get(m, "loss:sum");
-        emit(v, &f);
+        tl__emit(v, &f);
     }
     /* the sampler/trainer gap, reported rather than hidden */
     static const char *const gaps[] = {"kl_sample_train_v1:mean",
@@ -242,11 +131,134 @@ static void check_metrics(vctx *v, json_t *metrics, const tl_metrics *m,
         const double *g = tl_metrics_get(m, gaps[k]);
         if (!g || tl__jget(metrics, gaps[k]))
             continue;
-        tl_finding f = finding(TL_NOTE_GAP, -1, -1, "%s", "");
+        tl_finding f = tl__finding(TL_NOTE_GAP, -1, -1, "%s", "");
         snprintf(f.name, sizeof f.name, "%s", gaps[k]);
         f.recomputed = *g;
-        emit(v, &f);
+        tl__emit(v, &f);
     }
+}
+
+/* The loss and metrics from logprobs lps (the server's, or with `local`
+ * the logits'), compared with the response's. */
+static void recompute(vctx *v, const tl_loss_config *cfg, const vdump *p,
+                      const float *const *lps, json_t *metrics, int local,
+                      int explained)
+{
+    tl_metrics m;
+    tl_error e;
+    int64_t tokens = 0;
+    for (int64_t i = 0; i < p->n; i++)
+        tokens += p->d[i].in[JD_TARGETS].count;
+    if (tl_loss_eval(cfg, p->views, p->n, lps, NULL, &m, &e)) {
+        /* the library names the datum's input as data[i]...: the request's */
+        long long i = -1;
+        const int named = sscanf(e.arg, "data[%lld]", &i) == 1;
+        tl_finding f = tl__finding(TL_FINDING_LOSS, i, e.index, "%s%s",
+                                   named ? "request." : "", e.arg);
+        f.local = local;
+        snprintf(f.message, sizeof f.message, "%s%s",
+                 strncmp(e.message, "data[", 5) == 0 ? "request." : "",
+                 e.message);
+        tl__emit(v, &f);
+        return;
+    }
+    check_metrics(v, metrics, &m, tokens, local, explained);
+}
+
+/* Datum i's logprobs from its logits file into lp; an unreadable or
+ * misshapen file is an error naming it. */
+static tl_status local_logprobs(vctx *v, const vdump *p, int64_t i,
+                                float *lp, tl_error *err)
+{
+    const char *path = v->opts.logits->paths[i];
+    tl__lfile lf;
+    tl_status s = tl__lfile_open(path, v->opts.logits->dtype, &lf, err);
+    if (s)
+        return s;
+    const jt *t = &p->d[i].in[JD_TARGETS];
+    const int64_t n = t->shape[0], k = t->ndim == 2 ? t->shape[1] : 1;
+    if (lf.lg.rows != n) {
+        s = tl__fail(err, TL_ERR_SHAPE, path, -1,
+                     "%s: %lld rows of logits for the %lld positions of "
+                     "request.data[%lld]", path, (long long)lf.lg.rows,
+                     (long long)n, (long long)i);
+    } else {
+        char name[TL_PATH_MAX];
+        snprintf(name, sizeof name, "%s (logits of request.data[%lld])",
+                 path, (long long)i);
+        const tl_logprobs_out out = {lp, NULL, NULL};
+        s = tl__logprobs_named(v->ctx, &lf.lg, t->i64, k, name, &out, err);
+    }
+    tl__lfile_close(&lf);
+    return s;
+}
+
+/* Datum i's server logprobs against the local ones: every token beyond
+ * atol + rtol |local| a finding, the largest difference a note. Returns
+ * the number of findings. */
+static int64_t compare_logprobs(vctx *v, const vdump *p, int64_t i,
+                                const float *local)
+{
+    const jt *lp = &p->lp[i];
+    int64_t bad = 0;
+    tl_finding note = tl__finding(TL_NOTE_LOGPROBS, i, -1,
+                                  "response.loss_fn_outputs[%lld].logprobs",
+                                  (long long)i);
+    note.local = 1;
+    note.count = lp->count;
+    double worst = -1.0;
+    for (int64_t t = 0; t < lp->count; t++) {
+        const double s = (double)lp->f32[t], l = (double)local[t];
+        const double d = fabs(s - l), tol = v->opts.atol + v->opts.rtol * fabs(l);
+        if (d > worst) {
+            worst = d;
+            note.position = t;
+            note.server = s;
+            note.recomputed = l;
+            note.tolerance = tol;
+        }
+        if (d <= tol)
+            continue;
+        tl_finding f = tl__finding(TL_FINDING_LOGPROB, i, t, "%s", note.path);
+        f.local = 1;
+        f.server = s;
+        f.recomputed = l;
+        f.tolerance = tol;
+        tl__emit(v, &f);
+        bad++;
+    }
+    if (lp->count > 0)
+        tl__emit(v, &note);
+    return bad;
+}
+
+/* With logits files: the server's logprobs token by token, then the loss
+ * and metrics from the local logprobs. */
+static tl_status check_logits(vctx *v, const tl_loss_config *cfg,
+                              const vdump *p, json_t *metrics, tl_error *err)
+{
+    if (v->opts.logits->n != p->n)
+        return tl__fail(err, TL_ERR_SIZE, "opts.logits", -1,
+                        "%lld logits files for %lld datums (one per datum)",
+                        (long long)v->opts.logits->n, (long long)p->n);
+    float **local = tl__calloc((size_t)p->n + 1, sizeof *local);
+    tl_status s = local ? TL_OK
+                        : tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+    int64_t bad = 0;
+    for (int64_t i = 0; i < p->n && !s; i++) {
+        local[i] = tl__malloc((size_t)p->lp[i].count * sizeof(float) + 4);
+        if (!local[i])
+            s = tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
+        else if (!(s = local_logprobs(v, p, i, local[i], err)))
+            bad += compare_logprobs(v, p, i, local[i]);
+    }
+    if (!s)
+        recompute(v, cfg, p, (const float *const *)local, metrics, 1,
+                  bad > 0);
+    for (int64_t i = 0; local && i < p->n; i++)
+        free(local[i]);
+    free(local);
+    return s;
 }
 
 static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
@@ -256,20 +268,19 @@ static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
     memset(&p, 0, sizeof p);
     json_t *metrics = NULL;
     tl_status s = parse_dump(root, &cfg, &p, &metrics, err);
-    int64_t tokens;
-    tl_metrics m;
-    tl_error e;
-    if (s) {
-        /* the dump could not be read */
-    } else if (!check_datums(v, &cfg, &p, &tokens)) {
-        tl_finding f = finding(TL_NOTE_SKIPPED, -1, -1, "%s", "");
-        emit(v, &f);
-    } else if (tl_loss_eval(&cfg, p.views, p.n, p.lps, NULL, &m, &e)) {
-        tl_finding f = finding(TL_FINDING_LOSS, -1, -1, "%s", e.arg);
-        snprintf(f.message, sizeof f.message, "%s", e.message);
-        emit(v, &f);
-    } else {
-        check_metrics(v, metrics, &m, tokens);
+    if (!s) {
+        tl__check_request(v, &p);
+        int usable = 1;
+        for (int64_t i = 0; i < p.n; i++)
+            usable &= tl__check_values(v, &cfg, &p, i);
+        if (usable) {
+            recompute(v, &cfg, &p, p.lps, metrics, 0, 0);
+            if (v->opts.logits)
+                s = check_logits(v, &cfg, &p, metrics, err);
+        } else {
+            tl_finding f = tl__finding(TL_NOTE_SKIPPED, -1, -1, "%s", "");
+            tl__emit(v, &f);
+        }
     }
     vdump_free(&p);
     return s;
@@ -282,12 +293,15 @@ static tl_status verify(tl_ctx *ctx, const char *src, int is_text,
     if (!src)
         return tl__fail(err, TL_ERR_NULL, is_text ? "text" : "path", -1,
                         "%s is NULL", is_text ? "text" : "path");
-    vctx v = {fn, user, 0, opts ? *opts : tl_verify_opts_default()};
-    if (!(v.opts.atol >= 0.0 && v.opts.atol < INFINITY) ||
-        !(v.opts.rtol >= 0.0 && v.opts.rtol < INFINITY))
+    vctx v = {fn, user, 0, opts ? *opts : tl_verify_opts_default(), ctx};
+    if (!(v.opts.atol >= 0.0 && isfinite(v.opts.atol)) ||
+        !(v.opts.rtol >= 0.0 && isfinite(v.opts.rtol)))
         return tl__fail(err, TL_ERR_VALUE, "opts", -1,
                         "opts.atol and opts.rtol must be finite and >= 0, "
                         "got %g and %g", v.opts.atol, v.opts.rtol);
+    if (v.opts.logits && v.opts.logits->n > 0 && !v.opts.logits->paths)
+        return tl__fail(err, TL_ERR_NULL, "opts.logits", -1,
+                        "opts.logits->paths is NULL");
     tl__io_use(ctx);
     json_t *root;
     tl_status s = is_text ? tl__jload_text(src, &root, err)
