@@ -2,6 +2,7 @@
 #include "reference.h"
 #include "driver.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,9 +65,19 @@ tl_status tl__forward_backward_reference(tl_ctx *ctx,
     float *ent = s ? NULL : lp + 2 * toks;
     if (!s)
         s = forward(use, &job, lpd, ent, res, err);
-    if (!s)
+    if (!s) {
+        tl_error local;
+        tl_error *e = err ? err : &local;
         s = tl_loss_eval(cfg, batch->data, batch->ndata,
-                         (const float *const *)lpd, gd, res->metrics, err);
+                         (const float *const *)lpd, gd, res->metrics, e);
+        long long i;
+        /* a token whose loss overflows: its row NaN, as the fused path
+         * leaves it */
+        if (s == TL_ERR_VALUE && res->grads && e->index >= 0 &&
+            sscanf(e->arg, "data[%lld]", &i) == 1 && i >= 0 && i < job.nsrc)
+            tl__nan_row(&res->grads[i], e->index / job.src[i].k,
+                        job.src[i].logits->vocab);
+    }
     for (int64_t i = 0; !s && res->grads && i < job.nsrc; i++) {
         const tl__src *r = &job.src[i];
         s = tl__backward_named(use, r->logits, r->targets, r->k, gd[i], NULL,

@@ -699,6 +699,41 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* Finite coefficients whose products overflow float32: an error naming
+ * the gradient output, never a silent inf. */
+START_TEST(test_grad_overflow)
+{
+    const int64_t n[1] = {4};
+    for (int which = 0; which < 2; which++) {
+        hb_t b;
+        make_hb(&b, "cross_entropy", 1, n, 50, 8, 1, 1.0, 71);
+        /* the same logits, scaled apart so that G @ W (which == 0) or
+         * G^T @ H (which == 1) leaves float32 with weights of 1e38 */
+        const float sw = which == 0 ? 1e10f : 1e-12f;
+        for (int64_t k = 0; k < b.v * b.wstride; k++)
+            b.w[k] *= sw;
+        for (int64_t k = 0; k < n[0] * b.hstride; k++)
+            b.h[0][k] /= sw;
+        for (int64_t t = 0; t < n[0]; t++)
+            b.wt[t] = 1e38f;
+        hres_t x;
+        alloc_res(&x, &b);
+        tl_error e;
+        ck_assert_int_eq(run_head(&b, NULL, 1, &x, &e), TL_ERR_VALUE);
+        ck_assert_str_eq(e.arg, which == 0 ? "head_grads.hidden"
+                                           : "head_grads.weight");
+        ck_assert_msg(strstr(e.message, "overflows float32"), "%s",
+                      e.message);
+        /* the forward pass alone is fine */
+        float lp[4];
+        ck_assert_int_eq(t_head_logprobs(&b.head, &b.hid[0], b.tok, 1, NULL,
+                                          NULL, lp, NULL, NULL, &e), TL_OK);
+        free_res(&x);
+        free_hb(&b);
+    }
+}
+END_TEST
+
 /* A batch with no tokens overwrites the weight gradients with zeros. */
 START_TEST(test_empty_batch)
 {
@@ -796,6 +831,7 @@ static Suite *head_suite(void)
     tcase_add_test(tc, test_custom);
     tcase_add_test(tc, test_plan);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_grad_overflow);
     tcase_add_test(tc, test_empty_batch);
     tcase_add_test(tc, test_blas_threads_and_concurrency);
     suite_add_tcase(s, tc);

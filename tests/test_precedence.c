@@ -113,6 +113,29 @@ START_TEST(test_stage_precedence)
 }
 END_TEST
 
+/* A row whose loss overflows has its gradient row NaN on both paths. */
+START_TEST(test_loss_failure_nan_row)
+{
+    for (int path = 0; path < 2; path++) {
+        fixture *f = malloc(sizeof *f);
+        make(f);
+        f->q[0][1] = -500.0f; /* r = exp(500): the loss overflows */
+        tl_metrics m;
+        tl_error e;
+        const tl_status s =
+            path ? t_forward_backward_reference(&f->cfg, f->d, ND, NULL,
+                                                 f->lps, f->gr, &m, &e)
+                 : t_forward_backward(&f->cfg, f->d, ND, NULL, f->lps, f->gr,
+                                       &m, &e);
+        ck_assert_int_eq(s, TL_ERR_VALUE);
+        for (int j = 0; j < V; j++)
+            ck_assert_msg(isnan(f->g[0][1 * V + j]), "%s path: column %d",
+                          path ? "reference" : "fused", j);
+        free(f);
+    }
+}
+END_TEST
+
 /* The reason of a failed row is found before its gradient is written:
  * with the gradient in place over the logits, a -inf target logit is
  * reported as such, not as the NaN the gradient row is filled with. */
@@ -322,6 +345,7 @@ int main(void)
     TCase *tc = tcase_create("precedence");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_stage_precedence);
+    tcase_add_test(tc, test_loss_failure_nan_row);
     tcase_add_test(tc, test_reason_with_gradient_in_place);
     tcase_add_test(tc, test_logprob_beyond_float32);
     tcase_add_test(tc, test_head_precedence);

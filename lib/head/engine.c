@@ -223,8 +223,9 @@ static void pass2(const hrun *run, int64_t r0, int64_t nb, int64_t tb)
     }
 }
 
-/* Every token block through both passes, by the team. */
-static void blocks(const hrun *run, int threads)
+/* Every token block through both passes, by the team; 1 if a row
+ * failed (its error is the call's). */
+static int blocks(const hrun *run, int threads)
 {
     const int64_t rows = run->L->rows, bt = run->prod.bt;
     const int64_t d = run->prod.head->dim;
@@ -253,6 +254,59 @@ static void blocks(const hrun *run, int threads)
         }
     }
     tl__blas_leave();
+    return nograd;
+}
+
+/* The lowest index of a non-finite element of x[0..n), or -1. */
+static int64_t first_nonfinite(const float *x, int64_t n, int threads)
+{
+    int64_t first = INT64_MAX;
+#pragma omp parallel for num_threads(threads) reduction(min : first) \
+    schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]) && i < first)
+            first = i;
+    return first == INT64_MAX ? -1 : first;
+}
+
+/* Each gradient output finite: a product of finite coefficients (which
+ * the rows check) can still overflow float32 in G @ W or G^T @ H. */
+static tl_status check_outputs(const hrun *run, int threads, tl_error *err)
+{
+    const tl_head *h = run->prod.head;
+    const tl_head_grads *gr = run->prod.hg;
+    const int64_t d = h->dim;
+    for (int64_t i = 0; run->with_gh && i < run->job->nsrc; i++) {
+        const tl__src *s = &run->job->src[i];
+        const int64_t at = s->grad_hidden
+                               ? first_nonfinite(s->grad_hidden, s->n * d,
+                                                 threads)
+                               : -1;
+        if (at >= 0)
+            return tl__fail(err, TL_ERR_VALUE, "head_grads.hidden", i,
+                            "head_grads.hidden[%lld][%lld, %lld] is not "
+                            "finite: the gradient with respect to data[%lld]'s "
+                            "hidden states overflows float32", (long long)i,
+                            (long long)(at / d), (long long)(at % d),
+                            (long long)i);
+    }
+    const int64_t aw = gr && gr->weight
+                           ? first_nonfinite(gr->weight, h->vocab * d, threads)
+                           : -1;
+    if (aw >= 0)
+        return tl__fail(err, TL_ERR_VALUE, "head_grads.weight", aw,
+                        "head_grads.weight[%lld, %lld] is not finite: the "
+                        "gradient with respect to the weight overflows "
+                        "float32", (long long)(aw / d), (long long)(aw % d));
+    const int64_t ab = gr && gr->bias
+                           ? first_nonfinite(gr->bias, h->vocab, threads)
+                           : -1;
+    if (ab >= 0)
+        return tl__fail(err, TL_ERR_VALUE, "head_grads.bias", ab,
+                        "head_grads.bias[%lld] is not finite: the gradient "
+                        "with respect to the bias overflows float32",
+                        (long long)ab);
+    return TL_OK;
 }
 
 /* The rows of the job (hidden row, targets, grad hidden row), from the
@@ -330,7 +384,9 @@ tl_status tl__head_run(tl_ctx *ctx, const tl__job *job, const tl__layout *L,
     }
     /* the team never exceeds the vocabulary chunks of a block, the widest
      * split of the work */
-    blocks(&run, tl__ctx_threads(ctx, (run.bv + HEAD_CHUNK - 1) / HEAD_CHUNK +
-                                          1));
-    return TL_OK;
+    const int threads =
+        tl__ctx_threads(ctx, (run.bv + HEAD_CHUNK - 1) / HEAD_CHUNK + 1);
+    if (blocks(&run, threads) || !run.backward)
+        return TL_OK; /* a failed row: the driver reports it */
+    return check_outputs(&run, tl__ctx_threads(ctx, INT64_MAX), err);
 }

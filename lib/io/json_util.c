@@ -378,16 +378,33 @@ tl_status tl__jt_parse(json_t *j, const char *path, jt *t, tl_error *err)
     return s;
 }
 
+json_t *tl__jnumber(double v)
+{
+    return isnan(v)   ? json_string("nan")
+           : isinf(v) ? json_string(v > 0 ? "inf" : "-inf")
+                      : json_real(v);
+}
+
+int tl__jnumber_value(const json_t *j, double *v)
+{
+    const char *s = json_is_string(j) ? json_string_value(j) : "";
+    if (json_is_number(j))
+        *v = json_number_value(j);
+    else if (!strcmp(s, "nan"))
+        *v = NAN;
+    else if (!strcmp(s, "inf") || !strcmp(s, "-inf"))
+        *v = s[0] == '-' ? -INFINITY : INFINITY;
+    else
+        return 0;
+    return 1;
+}
+
 json_t *tl__jt_make_f32(const float *x, int64_t n, int64_t k)
 {
     json_t *data = json_array();
     const int64_t count = n * (k > 0 ? k : 1);
     for (int64_t i = 0; i < count; i++) {
-        const float v = x[i];
-        json_array_append_new(data, isnan(v)      ? json_string("nan")
-                                    : isinf(v)    ? json_string(v > 0 ? "inf"
-                                                                      : "-inf")
-                                                  : json_real((double)v));
+        json_array_append_new(data, tl__jnumber((double)x[i]));
     }
     json_t *shape = k > 0 ? json_pack("[II]", (json_int_t)n, (json_int_t)k)
                           : json_pack("[I]", (json_int_t)n);

@@ -91,6 +91,11 @@ tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err);
 /* Get a member by key; NULL if absent or JSON null. */
 json_t *tl__jget(json_t *obj, const char *key);
 
+/* A number as JSON: a real, or the string "nan", "inf" or "-inf" (JSON
+ * has no non-finite numbers); and back (0 if j is neither). */
+json_t *tl__jnumber(double v);
+int tl__jnumber_value(const json_t *j, double *v);
+
 /* "an object", "a string", ... or "missing" (NULL), for messages. */
 const char *tl__jtype_name(const json_t *j);
 

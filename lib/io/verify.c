@@ -94,21 +94,21 @@ static void check_metrics(vctx *v, json_t *metrics, const tl_metrics *m,
         snprintf(f.name, sizeof f.name, "%s", key);
         f.local = local;
         const double *got = tl_metrics_get(m, key);
-        if (!json_is_number(val)) {
+        if (!tl__jnumber_value(val, &f.server)) {
             if (local)
                 continue; /* said once */
             f.kind = TL_FINDING_METRIC_TYPE;
         } else if (!got) {
             if (local)
                 continue;
-            f.server = json_number_value(val);
             f.kind = TL_NOTE_UNCHECKED;
         } else {
-            f.server = json_number_value(val);
             f.recomputed = *got;
             f.tolerance = v->opts.atol * (double)tokens +
                           v->opts.rtol * fabs(f.server);
-            if (fabs(f.recomputed - f.server) <= f.tolerance || explained)
+            /* equal infinities (a ratio:max of inf) agree */
+            if (fabs(f.recomputed - f.server) <= f.tolerance ||
+                f.recomputed == f.server || explained)
                 f.kind = TL_NOTE_METRIC;
         }
         f.is_note = f.kind >= TL_NOTE_METRIC;
