@@ -168,12 +168,15 @@ typedef struct tl_verify_opts {
                                       compared token by token with those
                                       computed from them (NULL: no such
                                       comparison) */
+    const tl_logits *logits_mem;   /* or the same logits in memory, one
+                                      view per datum (not both) */
+    int64_t nlogits_mem;           /* views in logits_mem */
 } tl_verify_opts;
 
 /* atol = rtol = 1e-5, no logits. */
 static inline tl_verify_opts tl_verify_opts_default(void)
 {
-    tl_verify_opts o = {1e-5, 1e-5, NULL};
+    tl_verify_opts o = {1e-5, 1e-5, NULL, NULL, 0};
     return o;
 }
 
@@ -186,7 +189,8 @@ static inline tl_verify_opts tl_verify_opts_default(void)
  * values) and the response's logprobs (present, one per target, not
  * positive), recomputes the loss and metrics from the server's logprobs
  * and compares them: scalar metrics within atol * T + rtol * |server|
- * (T target tokens). With opts->logits, each server logprob is compared
+ * (T target tokens). With opts->logits (or logits_mem), each server
+ * logprob is compared
  * with the one computed from the logits (within atol + rtol * |local|),
  * each datum's largest difference noted, and the loss and metrics are
  * recomputed from the local logprobs as well. Each disagreement or
