@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The tinkerloss command line: every verb, its output and exit status.
 usage: test_cli.py TINKERLOSS GOLDEN_DIR"""
+import ast
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -13,17 +15,33 @@ EXE, GOLDEN = sys.argv[1], sys.argv[2]
 results = []
 
 
+class Skip(Exception):
+    """A case that cannot run here (a Python module or a program is
+    missing); reported, counted neither passed nor failed."""
+
+
 def case(name):
     def wrap(fn):
         try:
             fn()
             results.append((name, None))
+        except Skip as e:
+            results.append((name, Skip(str(e))))
         except AssertionError as e:  # a failed expectation
             results.append((name, str(e) or "assertion failed"))
         except Exception as e:  # noqa: BLE001 - report anything else too
             results.append((name, f"{type(e).__name__}: {e}"))
         return fn
     return wrap
+
+
+def need(*modules):
+    """The modules, imported, or Skip (Debian: python3-numpy,
+    python3-torch)."""
+    try:
+        return [__import__(m) for m in modules]
+    except ImportError as e:
+        raise Skip(str(e)) from None
 
 
 def run(*args):
@@ -36,17 +54,38 @@ def golden(name):
 
 
 TMP = tempfile.mkdtemp()
+FMT = {"<f4": "f", "<f8": "d", "<f2": "e", ">f4": "f", "<i2": "h",
+       "<u2": "H"}
 
 
-def write_npy(path, rows, dtype="<f4"):
+def write_npy(path, rows, dtype="<f4", lead=()):
+    """rows [N, V] as a .npy file of shape lead + (N, V) (the rows repeated
+    prod(lead) times), padded as numpy pads."""
     n, v = len(rows), len(rows[0])
-    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }" % (dtype, n, v)
+    shape = tuple(lead) + (n, v)
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype, shape)
     header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    values = [x for r in rows for x in r] * math.prod(lead)
     with open(path, "wb") as f:
         f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)))
         f.write(header.encode("latin1"))
-        fmt = "<%d%s" % (n * v, "f" if dtype == "<f4" else "d")
-        f.write(struct.pack(fmt, *[x for r in rows for x in r]))
+        f.write(struct.pack("%s%d%s" % (dtype[0], len(values), FMT[dtype]),
+                            *values))
+
+
+def f32_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def bf16_value(x):
+    """x rounded to bfloat16 (nearest even), as a float."""
+    return struct.unpack("<f", struct.pack("<I", bf16_round(x) << 16))[0]
+
+
+def bf16_round(x):
+    """The bfloat16 bits of float32 x rounded to nearest even (no NaN)."""
+    u = f32_bits(x)
+    return ((u + 0x7fff + ((u >> 16) & 1)) & 0xffffffff) >> 16
 
 
 LOGITS = [[0.5, -1.0, 2.0, 0.0, 1.5], [3.0, 0.25, -2.0, 1.0, 0.0],
@@ -201,10 +240,6 @@ def _():
     req, npy, _ = files()
     rc, _, err = run("compute", req, "--logits", npy, npy)
     assert rc == 2 and "2 logits files for 1 datums" in err, err
-    f8 = os.path.join(TMP, "f8.npy")
-    write_npy(f8, LOGITS, "<f8")
-    rc, _, err = run("compute", req, "--logits", f8)
-    assert rc == 2 and "float32" in err, err
     short = os.path.join(TMP, "short.npy")
     write_npy(short, LOGITS[:2])
     rc, _, err = run("compute", req, "--logits", short)
@@ -213,6 +248,103 @@ def _():
     assert rc == 2 and "missing REQUEST.json" in err, err
     rc, _, err = run("compute", req)
     assert rc == 2 and "--logits FILE... is required" in err, err
+
+
+@case("compute: leading dimensions of size 1 are the same logits")
+def _():
+    req, npy, _ = files()
+    rc, want, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    for lead in ((1,), (1, 1)):
+        p = os.path.join(TMP, "lead.npy")
+        write_npy(p, LOGITS, lead=lead)
+        rc, out, err = run("compute", req, "--logits", p, "--grads")
+        assert rc == 0 and out == want, (lead, err)
+    write_npy(p, LOGITS, lead=(2,))
+    rc, out, err = run("compute", req, "--logits", p)
+    assert rc == 2 and out == "", out
+    assert f"{p}: shape (2, 3, 5): expected [N, V] or leading dimensions of size 1" in err, err
+
+
+# LOGITS scaled so that their float32 values need rounding to bfloat16,
+# then rounded: bfloat16 values
+BF_LOGITS = [[bf16_value(1.37 * x + 0.01) for x in r] for r in LOGITS]
+
+
+def bf16_files():
+    """The same bfloat16 logits as '<i2' and '<u2' .npy files and as a JSON
+    bfloat16 TENSOR."""
+    bits = [[bf16_round(x) for x in r] for r in BF_LOGITS]
+    i2, u2 = os.path.join(TMP, "bf_i2.npy"), os.path.join(TMP, "bf_u2.npy")
+    write_npy(i2, [[b - 65536 if b >= 32768 else b for b in r] for r in bits], "<i2")
+    write_npy(u2, bits, "<u2")
+    js = os.path.join(TMP, "bf.json")
+    with open(js, "w") as f:
+        json.dump({"data": [x for r in BF_LOGITS for x in r],
+                   "dtype": "bfloat16", "shape": [3, 5]}, f)
+    return i2, u2, js
+
+
+@case("compute: bfloat16 bits as '<i2' and '<u2' equal a JSON bfloat16 TENSOR")
+def _():
+    req = files()[0]
+    i2, u2, js = bf16_files()
+    rc, want, err = run("compute", req, "--logits", js, "--grads")
+    assert rc == 0, err
+    assert want != run("compute", req, "--logits", files()[1], "--grads")[1]
+    for p in (i2, u2):
+        rc, out, err = run("compute", req, "--logits", p, "--grads",
+                           "--logits-dtype", "bfloat16")
+        assert rc == 0 and out == want, (p, err, out, want)
+    # a JSON TENSOR says its dtype itself
+    rc, out, err = run("compute", req, "--logits", js, "--grads",
+                       "--logits-dtype", "bfloat16")
+    assert rc == 0 and out == want, err
+
+
+@case("compute: wrong .npy files are refused, naming what was found")
+def _():
+    req, npy, _ = files()
+    p = os.path.join(TMP, "wrong.npy")
+    bad = [
+        ("<f2", (), f"{p}: dtype '<f2' is not supported: expected '<f4' (float32) or '<f8' (float64)"),
+        (">f4", (), f"{p}: dtype '>f4' is not supported"),
+        ("<i2", (), f"{p}: dtype '<i2' (2-byte integers): for bfloat16 bits use --logits-dtype bfloat16"),
+        ("<f4", ("--logits-dtype", "bfloat16"),
+         f"{p}: dtype '<f4', but the logits are read as bfloat16 (--logits-dtype bfloat16)"),
+    ]
+    for dtype, extra, want in bad:
+        write_npy(p, [[int(x) for x in r] for r in LOGITS] if dtype == "<i2" else LOGITS, dtype)
+        rc, out, err = run("compute", req, "--logits", p, *extra)
+        assert rc == 2 and out == "" and want in err, (dtype, err)
+    # a float64 value float32 cannot hold, by its index
+    rows = [list(r) for r in LOGITS]
+    rows[1][2] = -1e39
+    write_npy(p, rows, "<f8")
+    rc, _, err = run("compute", req, "--logits", p)
+    assert rc == 2 and f"{p}: element 7 (row 1, column 2) is -1e+39, beyond float32's range" in err, err
+    # a file cut short
+    write_npy(p, LOGITS)
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 4)
+    rc, _, err = run("compute", req, "--logits", p)
+    assert rc == 2 and f"{p}: file is truncated" in err, err
+
+
+@case("compute: a torch.save file is refused with the numpy.save recipe")
+def _():
+    (torch,) = need("torch")
+    req = files()[0]
+    for zipped in (True, False):
+        p = os.path.join(TMP, f"logits_{zipped}.pt")
+        torch.save(torch.tensor(LOGITS), p,
+                   _use_new_zipfile_serialization=zipped)
+        rc, _, err = run("compute", req, "--logits", p)
+        assert rc == 2 and (
+            f"{p}: looks like a torch.save file; save the tensor with "
+            "numpy.save(path, t.float().numpy()) or, for bfloat16, "
+            "numpy.save(path, t.view(torch.int16).numpy()) with "
+            "--logits-dtype bfloat16") in err, err
 
 
 def dump_from_compute():
@@ -316,8 +448,14 @@ def _():
     assert rc == 0, err
 
 
-failed = [(n, e) for n, e in results if e]
+shutil.rmtree(TMP, ignore_errors=True)
+failed = [(n, e) for n, e in results if e and not isinstance(e, Skip)]
+skipped = [(n, e) for n, e in results if isinstance(e, Skip)]
 for n, e in results:
-    print(("ok   " if not e else "FAIL ") + n + ("" if not e else ": " + e))
-print(f"tl-check: {len(results) - len(failed)} passed, {len(failed)} failed")
+    if isinstance(e, Skip):
+        print(f"skip {n}: {e}")
+    else:
+        print(("ok   " if not e else "FAIL ") + n + ("" if not e else ": " + e))
+passed = len(results) - len(failed) - len(skipped)
+print(f"tl-check: {passed} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)
