@@ -191,11 +191,18 @@ TL_API tl_status tl_verify_text(tl_ctx *ctx, const char *text,
  * neither gradients nor files. */
 typedef struct tl_compute_opts {
     int with_grads;        /* the gradient with respect to the logits */
-    const char *grads_dir; /* with_grads: one .npy per datum in this
-                              existing directory (grad_<i>.npy: float32,
-                              or bfloat16 bits as '<u2' for bfloat16
-                              logits), the JSON naming the files; NULL:
-                              the gradients inside the JSON */
+    const char *grads_dir; /* with_grads: one .npy per datum (format 1.0,
+                              C order, [N, V]) written to this existing
+                              directory as grad_<i>.npy, replacing any
+                              file of that name: float32 '<f4', or for
+                              bfloat16 logits the bfloat16 gradient (the
+                              float32 one rounded to nearest even) as
+                              '<u2' bits; the JSON names the files. A
+                              directory that does not exist or cannot be
+                              written is TL_ERR_IO naming it, before any
+                              file is read. NULL: the gradients (float32)
+                              inside the JSON. Ignored without
+                              with_grads. */
 } tl_compute_opts;
 
 /*
@@ -210,7 +217,9 @@ typedef struct tl_compute_opts {
  *    "grad_logits_files": [PATH, ...],  (with grads_dir)
  *    "notes": [TEXT, ...]}              (conversions made, if any)
  * to be released with tl_free. The context's temperature, threads and
- * tier apply.
+ * tier apply. Gradient files are written once every datum is computed; a
+ * file that cannot be written is TL_ERR_IO naming it (it is removed; the
+ * files of the datums before it stay).
  */
 TL_API tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                                  const tl_logits_files *logits,

@@ -73,6 +73,18 @@ def write_npy(path, rows, dtype="<f4", lead=()):
                             *values))
 
 
+def read_npy(path):
+    """(descr, shape, data bytes) of a format 1.0 .npy file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    assert raw[:8] == b"\x93NUMPY\x01\x00", raw[:8]
+    hlen = struct.unpack("<H", raw[8:10])[0]
+    assert (10 + hlen) % 64 == 0, hlen
+    d = ast.literal_eval(raw[10:10 + hlen].decode("latin1"))
+    assert d["fortran_order"] is False, d
+    return d["descr"], d["shape"], raw[10 + hlen:]
+
+
 def f32_bits(x):
     return struct.unpack("<I", struct.pack("<f", x))[0]
 
@@ -250,6 +262,20 @@ def _():
     assert rc == 2 and "--logits FILE... is required" in err, err
 
 
+@case("compute: float64 .npy logits give the float32 results, noted")
+def _():
+    req, npy, _ = files()
+    f8 = os.path.join(TMP, "f8.npy")
+    write_npy(f8, LOGITS, "<f8")
+    rc, out4, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    rc, out8, err = run("compute", req, "--logits", f8, "--grads")
+    assert rc == 0, err
+    d4, d8 = json.loads(out4), json.loads(out8)
+    assert d8.pop("notes") == [f"{f8}: float64 logits converted to float32"], d8
+    assert "notes" not in d4 and d4 == d8, (d4, d8)
+
+
 @case("compute: leading dimensions of size 1 are the same logits")
 def _():
     req, npy, _ = files()
@@ -345,6 +371,74 @@ def _():
             "numpy.save(path, t.float().numpy()) or, for bfloat16, "
             "numpy.save(path, t.view(torch.int16).numpy()) with "
             "--logits-dtype bfloat16") in err, err
+
+
+@case("compute --grads-out: float32 files hold the JSON's gradients bit for bit")
+def _():
+    req, npy, _ = files()
+    gdir = os.path.join(TMP, "grads_f32")
+    os.makedirs(gdir, exist_ok=True)
+    rc, out_json, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    rc, out_files, err = run("compute", req, "--logits", npy, "--grads-out", gdir)
+    assert rc == 0, err
+    dj, df = json.loads(out_json), json.loads(out_files)
+    g = dj.pop("grad_logits")[0]
+    path = os.path.join(gdir, "grad_0.npy")
+    assert df.pop("grad_logits_files") == [path], df
+    assert dj == df, (dj, df)
+    descr, shape, data = read_npy(path)
+    assert descr == "<f4" and shape == (3, 5), (descr, shape)
+    assert data == struct.pack("<15f", *g["data"]), (data, g)
+    assert any(x != 0 for x in g["data"])
+    try:  # and as numpy reads it, where it is installed
+        import numpy
+    except ImportError:
+        return
+    a = numpy.load(path)
+    want = numpy.array(g["data"], dtype=numpy.float32).reshape(3, 5)
+    assert a.dtype == numpy.float32 and a.tobytes() == want.tobytes(), (a, want)
+
+
+@case("compute --grads-out: bfloat16 logits give '<u2' gradients, the float32 ones rounded")
+def _():
+    req = files()[0]
+    _, u2, _ = bf16_files()
+    gdir = os.path.join(TMP, "grads_bf16")
+    os.makedirs(gdir, exist_ok=True)
+    bf = ("--logits", u2, "--logits-dtype", "bfloat16")
+    rc, out_json, err = run("compute", req, *bf, "--grads")
+    assert rc == 0, err
+    rc, out_files, err = run("compute", req, *bf, "--grads-out", gdir)
+    assert rc == 0, err
+    g = json.loads(out_json)["grad_logits"][0]["data"]
+    descr, shape, data = read_npy(os.path.join(gdir, "grad_0.npy"))
+    assert descr == "<u2" and shape == (3, 5), (descr, shape)
+    # the library's bfloat16 gradient is its float32 one rounded once to
+    # nearest even (tinkerloss.h, tl_logprobs_backward; tested bit for bit
+    # in test_backward)
+    want = [bf16_round(x) for x in g]
+    assert list(struct.unpack("<15H", data)) == want, (data, want)
+    assert any(bf16_value(x) != x for x in g), g  # rounding was needed
+    try:  # and PyTorch's rounding, where it is installed
+        import numpy
+        import torch
+    except ImportError:
+        return
+    a = numpy.load(os.path.join(gdir, "grad_0.npy"))
+    t = torch.tensor(g, dtype=torch.float32).to(torch.bfloat16)
+    assert a.dtype == numpy.uint16 and a.shape == (3, 5), a
+    assert a.view(numpy.int16).ravel().tolist() == t.view(torch.int16).tolist()
+
+
+@case("compute --grads-out: a directory that is not there is named")
+def _():
+    req, npy, _ = files()
+    missing = os.path.join(TMP, "no_such_dir")
+    out = os.path.join(TMP, "not_written.json")
+    rc, _, err = run("compute", req, "--logits", npy, "--grads-out", missing, "-o", out)
+    assert rc == 2 and f"{missing}: cannot write the gradient files there: No such file or directory" in err, err
+    assert not os.path.exists(out)
 
 
 def dump_from_compute():

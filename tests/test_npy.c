@@ -1,6 +1,6 @@
-/* Logits files (.npy and JSON TENSOR) as read for compute and verify:
- * what is mapped, what is converted, what is refused and what the
- * message says. */
+/* Logits files (.npy and JSON TENSOR) as read for compute and verify, and
+ * the gradient files compute writes: what is mapped, what is converted,
+ * what is refused and what the message says. */
 #define _POSIX_C_SOURCE 200809L /* mkdtemp */
 #include "common.h"
 #include "io/json_util.h"
@@ -268,6 +268,103 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* What tl__npy_write writes reads back as it was, mapped. */
+START_TEST(test_write_round_trip)
+{
+    make_dir();
+    tl_error e;
+    uint16_t b[6];
+    x_as_bf16(b);
+    for (int d = 0; d < 2; d++) {
+        snprintf(path, sizeof path, "%s/w%d.npy", dir, d);
+        ck_assert_int_eq(tl__npy_write(path, d ? (const void *)b : X,
+                                       d ? TL_BF16 : TL_F32, 2, 3, &e),
+                         TL_OK);
+        tl__lfile f;
+        open_as(path, d ? TL_BF16 : TL_F32, &f, TL_OK, NULL);
+        ck_assert_ptr_nonnull(f.map);
+        ck_assert(f.lg.rows == 2 && f.lg.vocab == 3);
+        ck_assert(memcmp(f.lg.data, d ? (const void *)b : X,
+                         d ? sizeof b : sizeof X) == 0);
+        tl__lfile_close(&f);
+        /* the header as numpy writes it, padded to 64 bytes */
+        FILE *h = fopen(path, "rb");
+        char hdr[129] = {0};
+        ck_assert(fread(hdr, 1, 128, h) == 128);
+        fclose(h);
+        ck_assert(hdr[8] == 118 && hdr[9] == 0 && hdr[127] == '\n');
+        ck_assert_msg(strstr(hdr + 10, d ? "{'descr': '<u2', 'fortran_order':"
+                                           " False, 'shape': (2, 3), }"
+                                         : "{'descr': '<f4', 'fortran_order':"
+                                           " False, 'shape': (2, 3), }"),
+                      "%s", hdr + 10);
+    }
+    snprintf(path, sizeof path, "%s/missing/w.npy", dir);
+    ck_assert_int_eq(tl__npy_write(path, X, TL_F32, 2, 3, &e), TL_ERR_IO);
+    ck_assert_msg(strstr(e.message, "missing/w.npy: cannot write (No such "
+                                    "file"), "%s", e.message);
+}
+END_TEST
+
+/* compute's gradient files: the directory checked before anything is
+ * computed, the files equal to the gradients of the JSON. */
+START_TEST(test_compute_grads_dir)
+{
+    make_dir();
+    char req[160], lg[160], gd[160], out_path[200];
+    snprintf(req, sizeof req, "%s/req.json", dir);
+    FILE *r = fopen(req, "w");
+    fprintf(r, "{\"data\": [{\"model_input\": {\"chunks\": [{\"type\": "
+               "\"encoded_text\", \"tokens\": [1, 2]}]}, \"loss_fn_inputs\":"
+               " {\"target_tokens\": {\"data\": [2, 0], \"dtype\": "
+               "\"int64\", \"shape\": [2]}, \"weights\": {\"data\": [1.0, "
+               "0.5], \"dtype\": \"float32\", \"shape\": [2]}}}], "
+               "\"loss_fn\": \"cross_entropy\"}");
+    fclose(r);
+    snprintf(lg, sizeof lg, "%s", write_file("l.npy", dict("<f4", "(2, 3)"),
+                                              0, X, sizeof X));
+    const char *paths[1] = {lg};
+    const tl_logits_files lf = {paths, 1, TL_F32};
+    char *js = NULL, *jf = NULL;
+    tl_error e;
+    snprintf(gd, sizeof gd, "%s/nothere", dir);
+    tl_compute_opts co = {1, gd};
+    ck_assert_int_eq(tl_compute_file(NULL, req, &lf, &co, &js, &e),
+                     TL_ERR_IO);
+    ck_assert_str_eq(e.arg, gd);
+    ck_assert_msg(strstr(e.message, "nothere: cannot write the gradient "
+                                    "files there: No such file"), "%s",
+                  e.message);
+    co.grads_dir = lg; /* a file, not a directory */
+    ck_assert_int_eq(tl_compute_file(NULL, req, &lf, &co, &js, &e),
+                     TL_ERR_IO);
+    ck_assert_msg(strstr(e.message, "not a directory"), "%s", e.message);
+    co.grads_dir = dir;
+    ck_assert_int_eq(tl_compute_file(NULL, req, &lf, &co, &jf, &e), TL_OK);
+    co.grads_dir = NULL;
+    ck_assert_int_eq(tl_compute_file(NULL, req, &lf, &co, &js, &e), TL_OK);
+    snprintf(out_path, sizeof out_path, "\"grad_logits_files\":[\"%s/"
+             "grad_0.npy\"]", dir);
+    ck_assert_msg(strstr(jf, out_path), "%s", jf);
+    ck_assert(!strstr(jf, "grad_logits\"") && strstr(js, "grad_logits\""));
+    /* the file holds the JSON's gradient */
+    tl__lfile g;
+    snprintf(out_path, sizeof out_path, "%s/grad_0.npy", dir);
+    open_as(out_path, TL_F32, &g, TL_OK, NULL);
+    ck_assert(g.lg.rows == 2 && g.lg.vocab == 3);
+    json_t *doc = json_loads(js, 0, NULL);
+    json_t *data = json_object_get(
+        json_array_get(json_object_get(doc, "grad_logits"), 0), "data");
+    for (int k = 0; k < 6; k++)
+        ck_assert(((const float *)g.lg.data)[k] ==
+                  (float)json_real_value(json_array_get(data, (size_t)k)));
+    json_decref(doc);
+    tl__lfile_close(&g);
+    tl_free(js);
+    tl_free(jf);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("npy");
@@ -278,6 +375,8 @@ int main(void)
     tcase_add_test(tc, test_bf16_bits);
     tcase_add_test(tc, test_refused);
     tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_write_round_trip);
+    tcase_add_test(tc, test_compute_grads_dir);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

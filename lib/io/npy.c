@@ -1,5 +1,5 @@
 /* NumPy .npy files (format 1.0 - 3.0): logits read, mapped when their
- * data can be used as they are. */
+ * data can be used as they are; gradients written with one fwrite. */
 #define _POSIX_C_SOURCE 200809L /* fileno, fstat, mmap */
 #include "npy.h"
 
@@ -389,4 +389,43 @@ tl_status tl__npy_load(FILE *f, const char *path, tl_dtype dtype,
     if (s)
         tl__lfile_close(out);
     return s;
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+tl_status tl__npy_write(const char *path, const void *data, tl_dtype dtype,
+                        int64_t rows, int64_t cols, tl_error *err)
+{
+    char hdr[256];
+    int n = snprintf(hdr + 10, sizeof hdr - 10,
+                     "{'descr': '%s', 'fortran_order': False, 'shape': "
+                     "(%lld, %lld), }", dtype == TL_BF16 ? "<u2" : "<f4",
+                     (long long)rows, (long long)cols);
+    /* spaces and a newline up to a multiple of 64 bytes, as numpy pads
+     * it, so that the data are aligned when the file is mapped */
+    while ((10 + n + 1) % 64)
+        hdr[10 + n++] = ' ';
+    hdr[10 + n++] = '\n';
+    memcpy(hdr, "\x93NUMPY\x01\x00", 8);
+    hdr[8] = (char)(n & 0xff);
+    hdr[9] = (char)(n >> 8);
+    const size_t es = dtype == TL_BF16 ? 2 : 4;
+    const size_t count = (size_t)rows * (size_t)cols;
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot write (%s)",
+                        path, strerror(errno));
+    errno = 0;
+    int ok = fwrite(hdr, 1, (size_t)(10 + n), f) == (size_t)(10 + n) &&
+             fwrite(data, es, count, f) == count;
+    int e = ok ? 0 : errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (ok)
+        return TL_OK;
+    remove(path);
+    return tl__fail(err, TL_ERR_IO, path, -1, "%s: cannot write (%s)", path,
+                    e ? strerror(e) : "short write");
 }

@@ -1,5 +1,5 @@
 /* NumPy .npy files: logits read (mapped when their data can be used as
- * they are). */
+ * they are) and gradients written. */
 #ifndef TL_IO_NPY_H
 #define TL_IO_NPY_H
 
@@ -25,5 +25,12 @@ int tl__npy_is_torch(const unsigned char *head, size_t n);
 
 /* TL_ERR_JSON naming path: a torch.save file, and how to save a .npy. */
 tl_status tl__npy_torch_fail(const char *path, tl_error *err);
+
+/* Write data [rows, cols] (C order, row stride cols) to path as a .npy
+ * file (format 1.0): TL_F32 as '<f4', TL_BF16 as '<u2' (bfloat16 bits).
+ * TL_ERR_IO naming the file if it cannot be written (a partly written
+ * file is removed). */
+tl_status tl__npy_write(const char *path, const void *data, tl_dtype dtype,
+                        int64_t rows, int64_t cols, tl_error *err);
 
 #endif
