@@ -5,6 +5,7 @@ import ast
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tempfile
 
 EXE, GOLDEN = sys.argv[1], sys.argv[2]
+SOURCE = os.path.dirname(os.path.abspath(GOLDEN))
 results = []
 
 
@@ -540,6 +542,45 @@ def _():
     rc, out, err = run("compute", "--threads=1", "--temperature=2",
                        "--logits", npy, "--", req)
     assert rc == 0, err
+
+
+@case("README: the compute section's commands run as written")
+def _():
+    need("numpy", "torch")
+    if not os.access("/usr/bin/time", os.X_OK):
+        raise Skip("/usr/bin/time is not installed (Debian: time)")
+    with open(os.path.join(SOURCE, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"<!-- cli-test -->\s*```(sh|python)\n(.*?)```",
+                            f.read(), re.S)
+    assert len(blocks) == 5, blocks
+    # a folder where the README's paths lead to the tool under test
+    work = os.path.join(TMP, "readme")
+    os.makedirs(os.path.join(work, "build", "tools"))
+    exe = os.path.abspath(EXE)
+    os.symlink(exe, os.path.join(work, "build", "tools", "tinkerloss"))
+    os.symlink(os.path.join(SOURCE, "bench"), os.path.join(work, "bench"))
+    with open(os.path.join(work, "run.sh"), "w") as f:
+        f.write('#!/bin/sh\n[ "$1" = tinkerloss ] || exit 99\nshift\n'
+                'exec "%s" "$@"\n' % exe)
+    os.chmod(os.path.join(work, "run.sh"), 0o755)
+    with open(os.path.join(work, "request.json"), "w") as f:
+        json.dump(dict(REQUEST, data=REQUEST["data"] * 2), f)
+    errs = []
+    for lang, code in blocks:
+        cmd = (["/usr/bin/python3", "-c", code] if lang == "python"
+               else ["sh", "-eu", "-c", code])
+        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        assert r.returncode == 0, (code, r.stdout, r.stderr)
+        errs.append(r.stderr)
+    for name, d in (("output.json", "grads"), ("output_bf16.json", "grads_bf16")):
+        with open(os.path.join(work, name)) as f:
+            out = json.load(f)
+        assert len(out["loss_fn_outputs"]) == 2, out
+        assert out["grad_logits_files"] == [f"{d}/grad_0.npy", f"{d}/grad_1.npy"], out
+        descr, shape, _ = read_npy(os.path.join(work, d, "grad_1.npy"))
+        assert descr == ("<u2" if d == "grads_bf16" else "<f4") and shape == (3, 5)
+    assert "Maximum resident set size" in errs[-1], errs[-1]
+    assert not os.path.exists(os.path.join(work, "big.npy"))
 
 
 shutil.rmtree(TMP, ignore_errors=True)
