@@ -6,6 +6,7 @@
 #   ./run.sh tinkerloss ARGS...   build if needed, run the command-line tool
 #   ./run.sh fuzz [SECONDS]       run the libFuzzer targets (default 300 s)
 #   ./run.sh valgrind             the unit tests under valgrind's memcheck
+#   ./run.sh insns [N V]          instructions per element, x86-64 and arm64
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +19,17 @@ PACKAGES=(meson ninja-build gcc libc6-dev pkg-config binutils check
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
+# Runs a command as root: directly, or through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        command -v sudo >/dev/null || {
+            log "need root or sudo to run: $*"; exit 1; }
+        sudo "$@"
+    fi
+}
+
 install_missing() {
     local missing=() p
     for p in "${PACKAGES[@]}"; do
@@ -25,15 +37,9 @@ install_missing() {
             grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || {
-            log "need root or sudo to install: ${missing[*]}"; exit 1; }
-        sudo=(sudo)
-    fi
     log "installing: ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
 }
 
@@ -75,10 +81,48 @@ run_tests() {
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         meson test -C "$SAN_DIR" --num-processes "$(nproc)" \
         --print-errorlogs "$@" || rc=$?
-    # One line counting every test case of every test program of both runs.
-    /usr/bin/python3 tests/summarize.py "$BUILD_DIR/meson-logs/testlog.json" \
-        "$SAN_DIR/meson-logs/testlog.json" || rc=1
+    # 3. the tier suites of an arm64 build under qemu, on the NEON and
+    #    scalar tiers (TL_ARM64=0 leaves them out, for a quicker run)
+    local logs=("$BUILD_DIR/meson-logs/testlog.json"
+                "$SAN_DIR/meson-logs/testlog.json")
+    #    (an arm64 host ran them natively in 1.)
+    if [ "${TL_ARM64:-1}" != 0 ] && [ "$(uname -m)" != aarch64 ]; then
+        run_arm64_tests || rc=$?
+        logs+=("$ARM_DIR/meson-logs/testlog.json")
+    fi
+    # One line counting every test case of every test program of all runs.
+    /usr/bin/python3 tests/summarize.py "${logs[@]}" || rc=1
     return $rc
+}
+
+ARM_DIR=${TL_ARM_DIR:-build-arm64}
+
+# The arm64 cross build (cross/aarch64-linux-gnu.ini): Debian's cross
+# compiler, the arm64 libraries through multiarch, qemu-user to run them.
+ARM_PACKAGES=(gcc-aarch64-linux-gnu qemu-user libc6:arm64 libgomp1:arm64
+              check:arm64 libjansson-dev:arm64 libopenblas-dev:arm64)
+
+# Unit and golden suites of the arm64 build under emulation, each on the
+# NEON and the scalar tier (about 4 minutes on 2 cores).
+run_arm64_tests() {
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        log "adding the arm64 architecture (Debian multiarch)"
+        as_root dpkg --add-architecture arm64
+        as_root apt-get update -qq
+    fi
+    PACKAGES=("${ARM_PACKAGES[@]}")
+    install_missing
+    if [ ! -f "$ARM_DIR/build.ninja" ]; then
+        log "configuring $ARM_DIR/ (arm64 cross build, run under qemu)"
+        meson setup "$ARM_DIR" --cross-file cross/aarch64-linux-gnu.ini \
+            >/dev/null
+    fi
+    meson compile -C "$ARM_DIR" >/dev/null || {
+        meson compile -C "$ARM_DIR"; exit 1; }
+    [ -z "${TL_ARM64_BUILD_ONLY:-}" ] || return 0
+    meson test -C "$ARM_DIR" --no-rebuild \
+        --num-processes "$(nproc)" --print-errorlogs \
+        --suite neon --suite scalar
 }
 
 run_bench() {
@@ -156,6 +200,15 @@ run_valgrind() {
     return $rc
 }
 
+# Instructions per logit element, x86-64 (scalar, AVX2) and arm64 (scalar,
+# NEON, under qemu): bench/count_insns.sh.
+run_insns() {
+    PACKAGES+=(valgrind)
+    build
+    TL_ARM64_BUILD_ONLY=1 run_arm64_tests
+    bench/count_insns.sh "$BUILD_DIR" "$ARM_DIR" "$@"
+}
+
 run_tinkerloss() {
     build >&2
     exec "$BUILD_DIR/tools/tinkerloss" "$@"
@@ -170,6 +223,7 @@ case "$cmd" in
     tinkerloss) run_tinkerloss "$@" ;;
     fuzz) run_fuzz "$@" ;;
     valgrind) run_valgrind ;;
-    *) echo "usage: ./run.sh test|bench|build|tinkerloss|fuzz|valgrind [args...]" >&2
+    insns) run_insns "$@" ;;
+    *) echo "usage: ./run.sh test|bench|build|tinkerloss|fuzz|valgrind|insns [args...]" >&2
        exit 2 ;;
 esac

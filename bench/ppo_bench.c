@@ -51,6 +51,7 @@ typedef struct cfg {
     int json;
     int64_t head; /* > 0: the output projection workload */
     int64_t workspace_mib, block_tokens, block_vocab;
+    int calls; /* > 0: only this many calls, for instruction counters */
 } cfg;
 
 /* ---- memory bandwidth --------------------------------------------------- */
@@ -276,8 +277,13 @@ static double logprob_error(const work *wk, int bf16, const float *lp)
         const float *row = wk->x + i * wk->v;
         const uint16_t *rb = wk->xb + i * wk->v;
         double m = -INFINITY, s = 0.0;
-        for (int64_t j = 0; j < wk->v; j++)
-            m = fmax(m, bf16 ? (double)tl_bf16_to_f32(rb[j]) : (double)row[j]);
+        /* a comparison, which skips NaN as fmax does: GCC 12.2 for aarch64
+         * fails with an internal error vectorising this fmax reduction of
+         * widened floats at -O3 */
+        for (int64_t j = 0; j < wk->v; j++) {
+            const double x = bf16 ? (double)tl_bf16_to_f32(rb[j]) : (double)row[j];
+            m = x > m ? x : m;
+        }
         for (int64_t j = 0; j < wk->v; j++)
             s += exp((bf16 ? (double)tl_bf16_to_f32(rb[j]) : (double)row[j]) - m);
         const double xt = bf16 ? (double)tl_bf16_to_f32(rb[wk->t[i]])
@@ -417,6 +423,55 @@ static int run_variant(const cfg *c, work *wk, int bf16, int fwdbwd,
     return 0;
 }
 
+static void free_work(work *wk)
+{
+    free(wk->x);
+    free(wk->xb);
+    free(wk->grad);
+    free(wk->t);
+    free(wk->q);
+    free(wk->a);
+    free(wk->w);
+    free(wk->lp);
+}
+
+/* --calls K: the workload's call K times and nothing else (no bandwidth
+ * loops, no timing), for counting instructions from outside: the
+ * difference of two counts over the difference of their calls is the
+ * cost of one call (bench/count_insns.sh). */
+static int count_calls(const cfg *c)
+{
+    work wk;
+    memset(&wk, 0, sizeof wk);
+    const int mk = make_work(&wk, c);
+    if (mk) {
+        free_work(&wk);
+        if (mk != -2)
+            fprintf(stderr, "ppo_bench: out of memory\n");
+        return mk == -2 ? 2 : 1;
+    }
+    const int bf16 = c->dtype == 1, fwdbwd = c->mode != 0;
+    tl_datum d = datum_of(&wk, bf16, wk.n);
+    tl_grad gr = {wk.grad, bf16 ? TL_BF16 : TL_F32, wk.v};
+    tl_ctx *ctx = ctx_of(c->threads > 0 ? c->threads : 1);
+    tl_metrics m;
+    tl_error e;
+    int rc = ctx ? 0 : 1;
+    for (int k = 0; k < c->calls && !rc; k++)
+        if (call(ctx, &wk, &d, wk.lp, fwdbwd ? &gr : NULL, &m, &e) != TL_OK) {
+            fprintf(stderr, "ppo_bench: %s\n", e.message);
+            rc = 1;
+        }
+    if (!rc)
+        printf("%d calls, %s %s %s, N = %lld, V = %lld, isa %s: loss:sum "
+               "%.9g\n", c->calls, c->loss, fwdbwd ? "fwdbwd" : "fwd",
+               bf16 ? "bf16" : "f32", (long long)wk.n, (long long)wk.v,
+               tl_isa_name(tl_isa_active()), *tl_metrics_get(&m, "loss:sum"));
+    tl_ctx_free(ctx);
+    free_work(&wk);
+    return rc;
+}
+
 static int usage(void)
 {
     fprintf(stderr,
@@ -424,6 +479,9 @@ static int usage(void)
             "                 [--mode fwd|fwdbwd] [--loss NAME] [--threads T]\n"
             "                 [--isa scalar|avx2|avx512|neon|auto] [--repeat R] "
             "[--json]\n"
+            "       ppo_bench --calls K [--tokens N] [--vocab V] [--dtype ...] "
+            "[--mode ...]\n"
+            "                 [--loss NAME] [--threads T] [--isa ...]\n"
             "       ppo_bench --head d [--tokens N] [--vocab V] "
             "[--mode fwd|fwdbwd]\n"
             "                 [--loss NAME] [--threads T] [--repeat R]\n"
@@ -434,7 +492,7 @@ static int usage(void)
 
 int main(int argc, char **argv)
 {
-    cfg c = {512, 151936, -1, -1, 0, "ppo", "auto", 0, 0, 0, 0, 0, 0};
+    cfg c = {512, 151936, -1, -1, 0, "ppo", "auto", 0, 0, 0, 0, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
@@ -452,6 +510,8 @@ int main(int argc, char **argv)
             c.repeat = atoi(val);
         else if (!strcmp(a, "--threads"))
             c.threads = atoi(val);
+        else if (!strcmp(a, "--calls"))
+            c.calls = atoi(val);
         else if (!strcmp(a, "--head"))
             c.head = atoll(val);
         else if (!strcmp(a, "--workspace"))
@@ -474,7 +534,8 @@ int main(int argc, char **argv)
     if (c.repeat == 0)
         c.repeat = c.head > 0 ? 3 : 7;
     if (c.n < 1 || c.v < 1 || c.repeat < 1 || c.threads < 0 || c.head < 0 ||
-        c.workspace_mib < 0 || c.block_tokens < 0 || c.block_vocab < 0)
+        c.workspace_mib < 0 || c.block_tokens < 0 || c.block_vocab < 0 ||
+        c.calls < 0)
         return usage();
     if (strcmp(c.isa, "auto") != 0) {
         tl_isa isa;
@@ -504,6 +565,8 @@ int main(int argc, char **argv)
         return rc == 2 ? usage() : rc;
 #endif
     }
+    if (c.calls > 0)
+        return count_calls(&c);
     /* aligned for bw_pattern's 64-byte vectors */
     bw_a = aligned_alloc(4096, BW_BYTES);
     bw_b = aligned_alloc(4096, BW_BYTES);
@@ -538,14 +601,7 @@ int main(int argc, char **argv)
                     rc = 1;
                 first = 0;
             }
-    free(wk.x);
-    free(wk.xb);
-    free(wk.grad);
-    free(wk.t);
-    free(wk.q);
-    free(wk.a);
-    free(wk.w);
-    free(wk.lp);
+    free_work(&wk);
     free(bw_a);
     free(bw_b);
     return rc;
