@@ -13,7 +13,8 @@ BUILD_DIR=${TL_BUILD_DIR:-build}
 
 # Debian packages the build, the tests and the benchmark need.
 PACKAGES=(meson ninja-build gcc libc6-dev pkg-config binutils check
-          libopenblas-dev libjansson-dev python3)
+          libopenblas-dev libjansson-dev python3 python3-numpy python3-torch
+          time)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 

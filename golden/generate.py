@@ -678,9 +678,9 @@ FILES = {
     "numerics.json": numerics_file,
     "sequences.json": sequences_file,
     "head.json": head_file,
-    "objectives.json": objectives_file,
+    "objectives/objectives.json": objectives_file,
 }
-FORMATS = {"objectives.json": "tinkerloss.objectives.v1"}
+FORMATS = {"objectives/objectives.json": "tinkerloss.objectives.v1"}
 
 
 def render(cases, fmt=FORMAT):

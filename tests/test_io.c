@@ -558,6 +558,7 @@ END_TEST
 /* Tolerances, and the server's logprobs against the model's logits. */
 START_TEST(test_verify_opts)
 {
+    json_t *base_dump_keep;
     json_t *d = base_dump();
     json_t *m = json_object_get(json_object_get(d, "response"), "metrics");
     const double loss = json_real_value(json_object_get(m, "loss:sum"));
@@ -602,6 +603,23 @@ START_TEST(test_verify_opts)
               fabs(f->server - f->recomputed) <= 1e-7);
     f = find(TL_NOTE_METRIC, "loss:sum");
     ck_assert(f && !f->local);
+    free(text);
+    /* the same logits in memory */
+    const float xs[6] = {0.0f, 1.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+    const tl_logits mem = {xs, TL_F32, 2, 3, 3};
+    tl_verify_opts om = tl_verify_opts_default();
+    om.logits_mem = &mem;
+    om.nlogits_mem = 1;
+    text = json_dumps(base_dump_keep = base_dump(), 0);
+    json_decref(base_dump_keep);
+    nfound = 0;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &om, gather, NULL, &problems,
+                                    &e), TL_OK);
+    ck_assert_int_eq(problems, 0);
+    ck_assert(find(TL_NOTE_LOGPROBS, "response.loss_fn_outputs[0]"));
+    om.logits = &lf;
+    ck_assert_int_eq(tl_verify_text(NULL, text, &om, NULL, NULL, &problems,
+                                    &e), TL_ERR_CONFIG);
     free(text);
     /* one server logprob off by 0.05: found token by token */
     d = base_dump();

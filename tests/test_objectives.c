@@ -1,7 +1,7 @@
 /* The objectives around the losses (DPO, distillation advantages, mean
- * NLL) against golden/objectives.json (PyTorch float64), their errors, and
+ * NLL) against golden/objectives/objectives.json (PyTorch float64), their errors, and
  * DPO as a custom loss through forward_backward_custom.
- * usage: test_objectives golden/objectives.json */
+ * usage: test_objectives golden/objectives/objectives.json */
 #include "common.h"
 
 #include <float.h>
@@ -411,7 +411,7 @@ int main(int argc, char **argv)
     if (tier_unsupported())
         return 77;
     json_error_t jerr;
-    fixture_path = argc > 1 ? argv[1] : "golden/objectives.json";
+    fixture_path = argc > 1 ? argv[1] : "golden/objectives/objectives.json";
     fixture = json_load_file(fixture_path, 0, &jerr);
     const char *format =
         fixture ? json_string_value(json_object_get(fixture, "format")) : NULL;

@@ -170,9 +170,16 @@ static void recompute(vctx *v, const tl_loss_config *cfg, const vdump *p,
 static tl_status local_logprobs(vctx *v, const vdump *p, int64_t i,
                                 float *lp, tl_error *err)
 {
-    const char *path = v->opts.logits->paths[i];
+    char mem[48];
+    snprintf(mem, sizeof mem, "opts.logits_mem[%lld]", (long long)i);
+    const char *path = v->opts.logits ? v->opts.logits->paths[i] : mem;
     tl__lfile lf;
-    tl_status s = tl__lfile_open(path, v->opts.logits->dtype, &lf, err);
+    memset(&lf, 0, sizeof lf);
+    tl_status s = TL_OK;
+    if (v->opts.logits)
+        s = tl__lfile_open(path, v->opts.logits->dtype, &lf, err);
+    else
+        lf.lg = v->opts.logits_mem[i];
     if (s)
         return s;
     const jt *t = &p->d[i].in[JD_TARGETS];
@@ -237,10 +244,14 @@ static int64_t compare_logprobs(vctx *v, const vdump *p, int64_t i,
 static tl_status check_logits(vctx *v, const tl_loss_config *cfg,
                               const vdump *p, json_t *metrics, tl_error *err)
 {
-    if (v->opts.logits->n != p->n)
-        return tl__fail(err, TL_ERR_SIZE, "opts.logits", -1,
-                        "%lld logits files for %lld datums (one per datum)",
-                        (long long)v->opts.logits->n, (long long)p->n);
+    const int64_t nl = v->opts.logits ? v->opts.logits->n
+                                      : v->opts.nlogits_mem;
+    if (nl != p->n)
+        return tl__fail(err, TL_ERR_SIZE, v->opts.logits ? "opts.logits"
+                                                         : "opts.logits_mem",
+                        -1, "%lld logits %s for %lld datums (one per datum)",
+                        (long long)nl, v->opts.logits ? "files" : "views",
+                        (long long)p->n);
     float **local = tl__calloc((size_t)p->n + 1, sizeof *local);
     tl_status s = local ? TL_OK
                         : tl__fail(err, TL_ERR_NOMEM, "", -1, "out of memory");
@@ -275,7 +286,7 @@ static tl_status verify_root(json_t *root, vctx *v, tl_error *err)
             usable &= tl__check_values(v, &cfg, &p, i);
         if (usable) {
             recompute(v, &cfg, &p, p.lps, metrics, 0, 0);
-            if (v->opts.logits)
+            if (v->opts.logits || v->opts.logits_mem)
                 s = check_logits(v, &cfg, &p, metrics, err);
         } else {
             tl_finding f = tl__finding(TL_NOTE_SKIPPED, -1, -1, "%s", "");
@@ -302,6 +313,9 @@ static tl_status verify(tl_ctx *ctx, const char *src, int is_text,
     if (v.opts.logits && v.opts.logits->n > 0 && !v.opts.logits->paths)
         return tl__fail(err, TL_ERR_NULL, "opts.logits", -1,
                         "opts.logits->paths is NULL");
+    if (v.opts.logits && v.opts.logits_mem)
+        return tl__fail(err, TL_ERR_CONFIG, "opts", -1,
+                        "opts.logits and opts.logits_mem are both set");
     tl__io_use(ctx);
     json_t *root;
     tl_status s = is_text ? tl__jload_text(src, &root, err)
