@@ -46,9 +46,10 @@
  * the datums alone run on the second context, so that results are also
  * compared across contexts with different histories.
  *
- * Threads 1, 2, 3 are swept on the best tier (on the scalar tier too for
- * batches of at most 20,000 logits); fused and reference with the batch's
- * own thread count on every tier.
+ * The tiers are those tl_isa_supported names (scalar and AVX2/AVX-512 on
+ * x86-64, scalar and NEON on arm64). Threads 1, 2, 3 are swept on the best
+ * tier (on every tier for batches of at most 20,000 logits); fused and
+ * reference with the batch's own thread count on every tier.
  *
  * TL_FUZZ_DIFF_VERBOSE=1 in the environment prints each decoded batch. */
 #define _POSIX_C_SOURCE 200112L /* setenv */
@@ -256,9 +257,14 @@ __attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *fmt
 /* API changes)                                                            */
 /* ======================================================================= */
 
-static tl_isa lib_best_isa(void)
+/* The tiers this build and CPU run, scalar first, best last; their count */
+static int lib_tiers(tl_isa out[TL_ISA_NEON + 1])
 {
-    return tl_isa_best();
+    int n = 0;
+    for (int t = TL_ISA_SCALAR; t <= TL_ISA_NEON; t++)
+        if (tl_isa_supported((tl_isa)t))
+            out[n++] = (tl_isa)t;
+    return n;
 }
 
 static const char *lib_isa_name(tl_isa isa)
@@ -352,7 +358,7 @@ static int path_head_plan(const spec *sp, const tl_head *head, int64_t rows,
                           int64_t k)
 {
     tl_head_blocks b;
-    return tl_head_plan(lib_ctx(sp, 0, lib_best_isa(), 1), head, rows, k, &b,
+    return tl_head_plan(lib_ctx(sp, 0, tl_isa_best(), 1), head, rows, k, &b,
                         NULL) == TL_OK;
 }
 
@@ -2536,15 +2542,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (g_verbose)
         describe(&sp);
 
-    const tl_isa best = lib_best_isa();
+    /* the supported tiers: tiers[0] is scalar, tiers[nt - 1] the best */
+    tl_isa tiers[TL_ISA_NEON + 1];
+    const int nt = lib_tiers(tiers);
+    const tl_isa best = tiers[nt - 1];
     int nr = 0;
     /* the baseline on every tier: fused and reference with th0 threads */
-    run *fz[3] = {NULL, NULL, NULL}, *rf[3] = {NULL, NULL, NULL};
-    for (int t = 0; t <= (int)best; t++) {
+    run *fz[TL_ISA_NEON + 1] = {NULL}, *rf[TL_ISA_NEON + 1] = {NULL};
+    for (int t = 0; t < nt; t++) {
         fz[t] = &runs[nr++];
-        do_logits_run(&sp, fz[t], K_FUSED, 0, (tl_isa)t, sp.th0, -1);
+        do_logits_run(&sp, fz[t], K_FUSED, 0, tiers[t], sp.th0, -1);
         rf[t] = &runs[nr++];
-        do_logits_run(&sp, rf[t], K_REF, 0, (tl_isa)t, sp.th0, -1);
+        do_logits_run(&sp, rf[t], K_REF, 0, tiers[t], sp.th0, -1);
         /* 2. fused against reference, same tier: both round dL/dlp to
          * float32 before the gradient */
         compare_exact(&sp, fz[t], rf[t], "fused vs reference", 0, 1);
@@ -2556,19 +2565,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t > 0)
             compare_tiers(&sp, fz[0], fz[t]);
     }
-    compare_loss_eval(&sp, fz[best]);
-    /* 4. thread counts, on the best tier (and on scalar for small inputs) */
-    for (int t = 0; t <= (int)best; t++) {
-        if (t != (int)best && sp.total > 20000)
+    compare_loss_eval(&sp, fz[nt - 1]);
+    /* 4. thread counts, on the best tier (and on the others for small
+     * inputs) */
+    for (int t = 0; t < nt; t++) {
+        if (t != nt - 1 && sp.total > 20000)
             continue;
         for (int th = 1; th <= 3; th++) {
             if (th == sp.th0)
                 continue;
             run *x = &runs[nr++];
-            do_logits_run(&sp, x, K_FUSED, 1, (tl_isa)t, th, -1);
+            do_logits_run(&sp, x, K_FUSED, 1, tiers[t], th, -1);
             compare_exact(&sp, fz[t], x, "threads (fused)", 1, 0);
             run *y = &runs[nr++];
-            do_logits_run(&sp, y, K_REF, 1, (tl_isa)t, th, -1);
+            do_logits_run(&sp, y, K_REF, 1, tiers[t], th, -1);
             compare_exact(&sp, rf[t], y, "threads (reference)", 1, 0);
         }
     }
@@ -2576,21 +2586,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run *alone = &runs[nr];
     for (int i = 0; i < sp.nd; i++)
         do_logits_run(&sp, &runs[nr++], K_FUSED, 1, best, sp.th0, i);
-    compare_alone(&sp, fz[best], alone);
+    compare_alone(&sp, fz[nt - 1], alone);
     /* 5. the projection */
     if (sp.head) {
-        for (int t = 0; t <= (int)best; t++) {
+        for (int t = 0; t < nt; t++) {
             run *h = &runs[nr++];
-            do_head_run(&sp, h, 0, (tl_isa)t, sp.th0);
+            do_head_run(&sp, h, 0, tiers[t], sp.th0);
             compare_head(&sp, h, fz[t]);
             check_head_status(&sp, h);
-            if (t != (int)best)
+            if (t != nt - 1)
                 continue;
             for (int th = 1; th <= 3; th++) {
                 if (th == sp.th0)
                     continue;
                 run *x = &runs[nr++];
-                do_head_run(&sp, x, 1, (tl_isa)t, th);
+                do_head_run(&sp, x, 1, tiers[t], th);
                 compare_head_threads(&sp, h, x);
             }
         }
