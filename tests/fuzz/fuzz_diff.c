@@ -1266,8 +1266,10 @@ static double tier_rho(double lp)
 
 /* The projection's gradient outputs against float64. With G the logits
  * gradient the library computes (G_ij within 2e-5 relative, or FLT_MIN,
- * of its exact value from its own dL/dlp g' and its own logits) and G0
- * ours (float64 p, g from the float64 logprob):
+ * of its exact value from its own dL/dlp g' and its own logits, plus 1e-6
+ * of the parts of a target element, which may cancel: both below
+ * 2.1e-5 U_ij, as U_ij bounds the exact value and the parts) and G0 ours
+ * (float64 p, g from the float64 logprob):
  *   |G_ij - G0_ij| <= D_ij = (sum_{q: t_q = j} dg_q + sum_q dg_q p_j') / T
  *                            + (dp + 2.1e-5) U_ij + FLT_MIN,
  *   |G_ij| <= U'_ij = U_ij (1 + 2.1e-5) + FLT_MIN,
@@ -2287,13 +2289,41 @@ static void compare_metrics_tol(const spec *sp, const run *a, const run *b,
  * each other. Gradients (no entropy term on the batch paths): each element
  * within 2e-5 relative of its exact value where that is >= FLT_MIN, else
  * within FLT_MIN, the exact value being that of the tier's own dL/dlp
- * g_a (resp. g_b), computed from its own logprob. So
- *   |a - b| <= 2.0001e-5 (|a| + |b|) + 2.0001 FLT_MIN + |G(g_a) - G(g_b)|,
+ * g_a (resp. g_b), computed from its own logprob; a target element
+ * (G_j (1 - p_j) - (G - G_j) p_j) / T, whose two parts can cancel when a
+ * row has several targets, within that plus 1e-6 of their magnitudes
+ * (the accuracy of p_j: log p_j within 1e-6 before its rounding), m_a
+ * (resp. m_b; exact_grad). So
+ *   |a - b| <= 2.0001e-5 (|a| + |b|) + 2.0001 FLT_MIN + |G(g_a) - G(g_b)|
+ *              + 1.0001e-6 (m_a + m_b),
  * where G is linear in g: for element j of a row with targets t_q,
  *   |G(g_a) - G(g_b)|_j <= (sum_{q: t_q = j} |dg_q| + |sum_q dg_q| p_j) / T,
  * with dg recomputed here from both logprobs and p_j from float64. A
  * bfloat16 gradient adds one rounding per side: 2^-8 relative (1.004 (|a| +
  * |b|) bounds the float32 values) and 2^-134 absolute. */
+/* Element j of row r of datum i in float64 from a run's dL/dlp g [k]
+ * (rounded to float32, as the library rounds it) and float64 p: the exact
+ * value the contract speaks of. *terms gets the magnitude of its target
+ * part, (|G_j| (1 - p_j) + |G - G_j| p_j) / T, 0 if j is no target. */
+static double exact_grad(const spec *sp, const dspec *d, int64_t r,
+                         int64_t j, const double *g, double *terms)
+{
+    double gs = 0.0, gj = 0.0;
+    int target = 0;
+    for (int64_t q = 0; q < d->k; q++) {
+        gs += g[q];
+        if (d->tok[r * d->k + q] == j) {
+            gj += g[q];
+            target = 1;
+        }
+    }
+    const double lpj =
+        ((double)d->x[r * d->v + j] - d->rmax[r]) / sp->T - d->rlogs[r];
+    const double om = -expm1(lpj), p = exp(lpj);
+    *terms = target ? (fabs(gj) * om + fabs(gs - gj) * p) / sp->T : 0.0;
+    return (gj * om - (gs - gj) * p) / sp->T;
+}
+
 static void compare_tiers(const spec *sp, const run *a, const run *b)
 {
     char na[96], nb[96];
@@ -2321,42 +2351,55 @@ static void compare_tiers(const spec *sp, const run *a, const run *b)
         double *ra = xcalloc((size_t)d->v, sizeof *ra),
                *rb = xcalloc((size_t)d->v, sizeof *rb);
         for (int64_t r = 0; r < d->n; r++) {
-            double dg[MAXK], dgsum = 0.0;
+            double dg[MAXK], dgsum = 0.0, ga[MAXK], gb[MAXK];
             int any = 0;
             for (int64_t q = 0; q < d->k; q++) {
                 const int64_t t = r * d->k + q;
                 const tokin in = token_inputs(sp, d, t);
-                double l, ga, gb;
-                my_loss(sp, (double)run_lp(a, i)[t], &in, &l, &ga);
-                my_loss(sp, (double)run_lp(b, i)[t], &in, &l, &gb);
-                dg[q] = fabs(ga - gb);
-                dgsum += ga - gb;
+                double l;
+                my_loss(sp, (double)run_lp(a, i)[t], &in, &l, &ga[q]);
+                my_loss(sp, (double)run_lp(b, i)[t], &in, &l, &gb[q]);
+                dg[q] = fabs(ga[q] - gb[q]);
+                dgsum += ga[q] - gb[q];
                 any |= dg[q] != 0.0;
+                ga[q] = (double)(float)ga[q];
+                gb[q] = (double)(float)gb[q];
             }
             grad_row(a, d, i, r, ra);
             grad_row(b, d, i, r, rb);
             for (int64_t j = 0; j < d->v; j++) {
                 const double x = ra[j], y = rb[j];
-                double dG = 0.0;
-                if (any) {
-                    for (int64_t q = 0; q < d->k; q++)
-                        if (d->tok[r * d->k + q] == j)
-                            dG += dg[q];
+                double dG = 0.0, ma = 0.0, mb = 0.0, ea, eb;
+                int target = 0;
+                for (int64_t q = 0; q < d->k; q++)
+                    if (d->tok[r * d->k + q] == j) {
+                        dG += dg[q];
+                        target = 1;
+                    }
+                if (any)
                     dG = (dG + fabs(dgsum) * ref_p(sp, d, r, j)) / sp->T *
                          (1.0 + 1e-9);
+                if (target) {
+                    exact_grad(sp, d, r, j, ga, &ma);
+                    exact_grad(sp, d, r, j, gb, &mb);
                 }
                 double tol = 2.0001e-5 * (fabs(x) + fabs(y)) +
-                             2.0001 * (double)FLT_MIN + dG;
+                             2.0001 * (double)FLT_MIN + dG +
+                             1.0001e-6 * (ma + mb);
                 if (d->gbf16)
                     tol += (0x1p-8 + 2.0001e-5) * 1.004 * (fabs(x) + fabs(y)) +
                            0x1p-133;
-                if (!(fabs(x - y) <= tol))
-                    fail("%s: gradient data[%d][%lld][%lld]: %s %.9g, %s "
-                         "%.9g: off by %.3g, bound %.3g (of which dL/dlp "
-                         "%.3g); p_j %.6g", what, i, (long long)r,
-                         (long long)j, run_name(a, na, sizeof na), x,
-                         run_name(b, nb, sizeof nb), y, fabs(x - y), tol, dG,
-                         ref_p(sp, d, r, j));
+                if (fabs(x - y) <= tol)
+                    continue;
+                ea = exact_grad(sp, d, r, j, ga, &ma);
+                eb = exact_grad(sp, d, r, j, gb, &mb);
+                fail("%s: gradient data[%d][%lld][%lld]: %s %.9g, %s %.9g: "
+                     "off by %.3g, bound %.3g (of which dL/dlp %.3g; target "
+                     "terms %.3g, %.3g); p_j %.6g; float64 from each one's "
+                     "dL/dlp: %.9g, %.9g", what, i, (long long)r,
+                     (long long)j, run_name(a, na, sizeof na), x,
+                     run_name(b, nb, sizeof nb), y, fabs(x - y), tol, dG, ma,
+                     mb, ref_p(sp, d, r, j), ea, eb);
             }
         }
         free(ra);
