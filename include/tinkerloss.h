@@ -239,7 +239,12 @@ TL_API tl_status tl_logprobs(tl_ctx *ctx, const tl_logits *logits,
  * 1e-40) of 1. Without an entropy term, every float32 gradient element
  * whose exact value is at least FLT_MIN in magnitude is within 2e-5 of
  * it, relative, and every smaller one within FLT_MIN (terms far below the
- * row max are not flushed when g / T makes their element a normal float).
+ * row max are not flushed when g / T makes their element a normal float);
+ * except that in a row with several targets the two parts of a target
+ * element, g_j (1 - p_j) and (G_i - g_j) p_j (g_j the sum of g[i, q] over
+ * the targets t_iq = j), may cancel: such an element is within that bound
+ * plus 1e-6 (|g_j| (1 - p_j) + |G_i - g_j| p_j) / T (p_j is known to
+ * 1e-6, relative, as the logprobs are).
  * With an entropy term the factor g + ge (log p_j + H) may cancel:
  * elements are then within 2e-5 of the row's largest. Row statistics are
  * recomputed from the logits (each gradient row is written while its

@@ -35,6 +35,11 @@ void ref_loss_token(const char *fn, double lp, double q, double a, double w,
  * element of magnitude at least FLT_MIN within this relative error of the
  * exact value; smaller ones within FLT_MIN. */
 #define GRAD_REL 2e-5
+/* A target element of a row with several targets, (g_j (1 - p_j) -
+ * (G - g_j) p_j) / T, may cancel: it is held to GRAD_REL of itself plus
+ * this much of the magnitudes of its two parts (p_j's relative accuracy,
+ * that of the logprobs before their rounding). */
+#define GRAD_P_REL 1e-6
 
 /* Bound of the logprob contract: 1e-6 + 1 ulp of the float32 result. */
 double lp_tolerance(float got);
