@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sdk_standins import new, old
-from tinkerloss import Error, Status, dump_call, load_call
+from tinkerloss import Error, dump_call, load_call
 from tinkerloss._dump import Call
 from tinkerloss._sdk import datum_arrays
 

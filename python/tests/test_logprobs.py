@@ -2,7 +2,6 @@
 random shapes, strides, dtypes and temperatures."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -9,7 +9,6 @@ import sys
 import tracemalloc
 
 import numpy as np
-import torch
 
 import tinkerloss as tl
 

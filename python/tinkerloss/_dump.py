@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._lib import Error, Status
+from ._lib import Status
 from ._sdk import _describe, _fail, datum_to_wire, float_map, output_to_wire
 
 __all__ = ["Call", "dump_call", "load_call"]

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._arrays import F32, I64, new, view
+from ._arrays import F32, new, view
 from ._batch import Datums, LossResult, _packed, float_arrays, metrics_dict
 from ._lib import Status, check, fail, ffi, lib
 from ._sdk import _describe
