@@ -3,7 +3,7 @@
  *
  *   ppo_bench [--tokens N] [--vocab V] [--dtype f32|bf16] [--mode fwd|fwdbwd]
  *             [--loss ppo|importance_sampling|cross_entropy|cispo|dro]
- *             [--threads T] [--isa scalar|avx2|avx512|auto] [--repeat R]
+ *             [--threads T] [--isa scalar|avx2|avx512|neon|auto] [--repeat R]
  *             [--json]
  *   ppo_bench --head d [--tokens N] [--vocab V] [--mode fwd|fwdbwd]
  *             [--loss NAME] [--threads T] [--repeat R] [--workspace MiB]
@@ -422,7 +422,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: ppo_bench [--tokens N] [--vocab V] [--dtype f32|bf16]\n"
             "                 [--mode fwd|fwdbwd] [--loss NAME] [--threads T]\n"
-            "                 [--isa scalar|avx2|avx512|auto] [--repeat R] "
+            "                 [--isa scalar|avx2|avx512|neon|auto] [--repeat R] "
             "[--json]\n"
             "       ppo_bench --head d [--tokens N] [--vocab V] "
             "[--mode fwd|fwdbwd]\n"

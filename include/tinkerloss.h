@@ -159,8 +159,10 @@ typedef enum tl_param {
     TL_PARAM_THREADS = 1,      /* OpenMP threads of a call; 0 (default):
                                   the process default (tl_set_num_threads,
                                   else OpenMP's) */
-    TL_PARAM_ISA = 2,          /* tl_isa of the kernels; -1 (default): the
-                                  process's tier (tl_isa_active) */
+    TL_PARAM_ISA = 2,          /* tl_isa of the kernels (a supported one:
+                                  TL_ERR_UNSUPPORTED otherwise); -1
+                                  (default): the process's tier
+                                  (tl_isa_active) */
     TL_PARAM_TEMPERATURE = 3,  /* logits are divided by it; in [1e-30,
                                   1e30] (T and 1/T normal float32
                                   numbers); default 1 */
@@ -935,27 +937,36 @@ TL_API tl_status tl_mean_nll(const tl_datum *data, int64_t ndata,
 /* Runtime: ISA dispatch and threads                                         */
 /* ------------------------------------------------------------------------ */
 
+/* Kernel tiers. Which exist depends on the architecture the library is
+ * built for: x86-64 has scalar, avx2 and avx512; arm64 has scalar and
+ * neon; others scalar alone. A tier of another architecture is never
+ * supported. */
 typedef enum tl_isa {
     TL_ISA_SCALAR = 0, /* portable C */
-    TL_ISA_AVX2 = 1,   /* AVX2 + FMA */
-    TL_ISA_AVX512 = 2  /* AVX-512 F/BW/VL/DQ */
+    TL_ISA_AVX2 = 1,   /* x86-64: AVX2 + FMA */
+    TL_ISA_AVX512 = 2, /* x86-64: AVX-512 F/BW/VL/DQ */
+    TL_ISA_NEON = 3    /* arm64: AdvSIMD */
 } tl_isa;
 
-/* Highest tier this CPU and OS support (CPUID and XGETBV). */
+/* 1 if this build has the tier and this CPU and OS run it (x86: CPUID and
+ * XGETBV; arm64 Linux: the kernel's HWCAP_ASIMD), else 0. */
+TL_API int tl_isa_supported(tl_isa isa);
+
+/* The fastest supported tier. */
 TL_API tl_isa tl_isa_best(void);
 
 /* The process's tier: the default of contexts whose TL_PARAM_ISA is -1.
- * Chosen at first use: the best supported tier, lowered by the
- * environment variable TL_ISA=scalar|avx2|avx512 if set (a value above the
- * supported tier, or an unknown value, is ignored). */
+ * Chosen at first use: the best supported tier, or the one the
+ * environment variable TL_ISA=scalar|avx2|avx512|neon names if it is
+ * supported (an unsupported or unknown value is ignored). */
 TL_API tl_isa tl_isa_active(void);
 
 /* Set the process's tier (for every context whose TL_PARAM_ISA is -1).
- * TL_ERR_UNSUPPORTED if the CPU lacks it, TL_ERR_VALUE for an unknown
- * value. */
+ * TL_ERR_UNSUPPORTED if this build or CPU lacks it (a tier of another
+ * architecture included), TL_ERR_VALUE for an unknown value. */
 TL_API tl_status tl_isa_set(tl_isa isa);
 
-/* "scalar", "avx2", "avx512"; "unknown" for other values. */
+/* "scalar", "avx2", "avx512", "neon"; "unknown" for other values. */
 TL_API const char *tl_isa_name(tl_isa isa);
 
 /* Parse a tier name as accepted by TL_ISA. TL_ERR_VALUE if unknown. */

@@ -144,15 +144,24 @@ typedef void (*tl_finding_fn)(void *user, const tl_finding *f);
 /* Logits files, one per datum, for compute and verify: NumPy .npy (as
  * numpy.save writes it: C order, little-endian, [N, V] or with leading
  * dimensions of size 1 such as [1, N, V]) or a JSON TENSOR (float32 or
- * bfloat16, shape [N, V]). A .npy file is mapped, not copied, when its
- * data can be used as it is.
- *   dtype TL_F32:  .npy of float32 ('<f4'), or float64 ('<f8', converted
- *                  to float32, which the output notes)
+ * bfloat16, shape [N, V], read as its own dtype says whatever `dtype`).
+ * A file is taken as .npy by its magic or its name (.npy).
+ *   dtype TL_F32:  .npy of float32 ('<f4'), mapped (mmap, read-only,
+ *                  private), not copied, when the system can map it (else
+ *                  read); or float64 ('<f8'), converted to float32, which
+ *                  the output notes. A finite float64 value that float32
+ *                  cannot hold (it would round to infinity) is
+ *                  TL_ERR_VALUE with its element index; infinities and
+ *                  NaN convert as they are.
  *   dtype TL_BF16: .npy of 2-byte integers ('<i2' or '<u2') holding
  *                  bfloat16 bits, what numpy.save(t.view(torch.int16)
- *                  .numpy()) writes for a bfloat16 tensor t
- * Anything else is TL_ERR_DTYPE or TL_ERR_SHAPE naming the file and the
- * dtype or shape found. */
+ *                  .numpy()) writes for a bfloat16 tensor t; mapped.
+ * Errors name the file and what was found: TL_ERR_DTYPE (another dtype,
+ * e.g. '<f2', '>f4', '<i2' with TL_F32, '<f4' with TL_BF16), TL_ERR_SHAPE
+ * (e.g. (2, 5, 7)), TL_ERR_JSON (Fortran order, a malformed header, a file
+ * shorter than its shape, a torch.save file), TL_ERR_IO (cannot be
+ * opened), TL_ERR_SIZE (larger than the input limit). A mapped file must
+ * not be truncated while the call runs. */
 typedef struct tl_logits_files {
     const char *const *paths;
     int64_t n;
@@ -215,11 +224,18 @@ TL_API tl_status tl_verify_text(tl_ctx *ctx, const char *text,
  * neither gradients nor files. */
 typedef struct tl_compute_opts {
     int with_grads;        /* the gradient with respect to the logits */
-    const char *grads_dir; /* with_grads: one .npy per datum in this
-                              existing directory (grad_<i>.npy: float32,
-                              or bfloat16 bits as '<u2' for bfloat16
-                              logits), the JSON naming the files; NULL:
-                              the gradients inside the JSON */
+    const char *grads_dir; /* with_grads: one .npy per datum (format 1.0,
+                              C order, [N, V]) written to this existing
+                              directory as grad_<i>.npy, replacing any
+                              file of that name: float32 '<f4', or for
+                              bfloat16 logits the bfloat16 gradient (the
+                              float32 one rounded to nearest even) as
+                              '<u2' bits; the JSON names the files. A
+                              directory that does not exist or cannot be
+                              written is TL_ERR_IO naming it, before any
+                              file is read. NULL: the gradients (float32)
+                              inside the JSON. Ignored without
+                              with_grads. */
 } tl_compute_opts;
 
 /*
@@ -234,7 +250,9 @@ typedef struct tl_compute_opts {
  *    "grad_logits_files": [PATH, ...],  (with grads_dir)
  *    "notes": [TEXT, ...]}              (conversions made, if any)
  * to be released with tl_free. The context's temperature, threads and
- * tier apply.
+ * tier apply. Gradient files are written once every datum is computed; a
+ * file that cannot be written is TL_ERR_IO naming it (it is removed; the
+ * files of the datums before it stay).
  */
 TL_API tl_status tl_compute_file(tl_ctx *ctx, const char *request_path,
                                  const tl_logits_files *logits,

@@ -81,7 +81,7 @@ static const struct {
     double lo, hi;
 } params[] = {
     [TL_PARAM_THREADS] = {"threads", 0, 1 << 16},
-    [TL_PARAM_ISA] = {"isa", -1, TL_ISA_AVX512},
+    [TL_PARAM_ISA] = {"isa", -1, TL_ISA_NEON},
     [TL_PARAM_TEMPERATURE] = {"temperature", TL_MIN_TEMPERATURE,
                               TL_MAX_TEMPERATURE},
     [TL_PARAM_ENTROPY] = {"entropy", 0, 1},
@@ -107,7 +107,8 @@ tl_status tl_ctx_set(tl_ctx *c, tl_param p, double v, tl_error *err)
                         params[p].hi, v);
     if (p == TL_PARAM_ISA && v >= 0 && !tl__kernels_for((tl_isa)v))
         return tl__fail(err, TL_ERR_UNSUPPORTED, name, -1,
-                        "this CPU does not support the %s tier",
+                        "the %s tier is not supported here (this build "
+                        "and CPU run: see tl_isa_supported)",
                         tl_isa_name((tl_isa)v));
     switch (p) {
     case TL_PARAM_THREADS: c->threads = (int)v; break;

@@ -199,6 +199,9 @@ extern const tl_kernels tl__kernels_scalar;
 extern const tl_kernels tl__kernels_avx2;
 extern const tl_kernels tl__kernels_avx512;
 #endif
+#if defined(TL_HAVE_ARM_KERNELS)
+extern const tl_kernels tl__kernels_neon;
+#endif
 
 /* Round-to-nearest-even float -> bfloat16 bits (NaN kept quiet). */
 static inline uint16_t tl__bf16_round(float f)

@@ -14,6 +14,9 @@
 #if defined(TL_HAVE_X86_KERNELS)
 #include "x86/cpu.h"
 #endif
+#if defined(TL_HAVE_ARM_KERNELS)
+#include "arm/cpu.h"
+#endif
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -76,12 +79,17 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static tl_isa isa_best = TL_ISA_SCALAR;
 static _Atomic int isa_active = TL_ISA_SCALAR;
 
+/* Every tier, in no particular order across architectures. */
+static const tl_isa all_tiers[] = {TL_ISA_SCALAR, TL_ISA_AVX2, TL_ISA_AVX512,
+                                   TL_ISA_NEON};
+
 const char *tl_isa_name(tl_isa isa)
 {
     switch (isa) {
     case TL_ISA_SCALAR: return "scalar";
     case TL_ISA_AVX2: return "avx2";
     case TL_ISA_AVX512: return "avx512";
+    case TL_ISA_NEON: return "neon";
     }
     return "unknown";
 }
@@ -90,25 +98,54 @@ tl_status tl_isa_parse(const char *name, tl_isa *isa)
 {
     if (!name || !isa)
         return TL_ERR_NULL;
-    static const tl_isa all[] = {TL_ISA_SCALAR, TL_ISA_AVX2, TL_ISA_AVX512};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (strcmp(name, tl_isa_name(all[i])) == 0) {
-            *isa = all[i];
+    for (size_t i = 0; i < sizeof all_tiers / sizeof all_tiers[0]; i++)
+        if (strcmp(name, tl_isa_name(all_tiers[i])) == 0) {
+            *isa = all_tiers[i];
             return TL_OK;
         }
     return TL_ERR_VALUE;
+}
+
+/* The kernel table of a tier this build has and this CPU runs, else NULL
+ * (the CPU's answers are read once, by isa_init). */
+static const tl_kernels *table_of(tl_isa isa)
+{
+    switch (isa) {
+    case TL_ISA_SCALAR: return &tl__kernels_scalar;
+#if defined(TL_HAVE_X86_KERNELS)
+    /* on x86 the tiers nest: a CPU with AVX-512 (F/BW/VL/DQ) has AVX2 */
+    case TL_ISA_AVX2:
+    case TL_ISA_AVX512:
+        if (isa > isa_best)
+            return NULL;
+        return isa == TL_ISA_AVX2 ? &tl__kernels_avx2 : &tl__kernels_avx512;
+#endif
+#if defined(TL_HAVE_ARM_KERNELS)
+    case TL_ISA_NEON:
+        return isa_best == TL_ISA_NEON ? &tl__kernels_neon : NULL;
+#endif
+    default: return NULL;
+    }
 }
 
 static void isa_init(void)
 {
 #if defined(TL_HAVE_X86_KERNELS)
     isa_best = tl__cpu_best_isa();
+#elif defined(TL_HAVE_ARM_KERNELS)
+    isa_best = tl__cpu_has_neon() ? TL_ISA_NEON : TL_ISA_SCALAR;
 #endif
     tl_isa chosen = isa_best, forced;
     const char *env = getenv("TL_ISA");
-    if (env && tl_isa_parse(env, &forced) == TL_OK && forced <= isa_best)
+    if (env && tl_isa_parse(env, &forced) == TL_OK && table_of(forced))
         chosen = forced;
     atomic_store(&isa_active, (int)chosen);
+}
+
+int tl_isa_supported(tl_isa isa)
+{
+    pthread_once(&isa_once, isa_init);
+    return table_of(isa) != NULL;
 }
 
 tl_isa tl_isa_best(void)
@@ -126,9 +163,9 @@ tl_isa tl_isa_active(void)
 tl_status tl_isa_set(tl_isa isa)
 {
     pthread_once(&isa_once, isa_init);
-    if ((int)isa < TL_ISA_SCALAR || (int)isa > TL_ISA_AVX512)
+    if ((int)isa < TL_ISA_SCALAR || (int)isa > TL_ISA_NEON)
         return TL_ERR_VALUE;
-    if (isa > isa_best)
+    if (!table_of(isa))
         return TL_ERR_UNSUPPORTED;
     atomic_store(&isa_active, (int)isa);
     return TL_OK;
@@ -136,15 +173,8 @@ tl_status tl_isa_set(tl_isa isa)
 
 const tl_kernels *tl__kernels_for(tl_isa isa)
 {
-    if (isa > tl_isa_best())
-        return NULL;
-    switch (isa) {
-#if defined(TL_HAVE_X86_KERNELS)
-    case TL_ISA_AVX512: return &tl__kernels_avx512;
-    case TL_ISA_AVX2: return &tl__kernels_avx2;
-#endif
-    default: return &tl__kernels_scalar;
-    }
+    pthread_once(&isa_once, isa_init);
+    return table_of(isa);
 }
 
 const tl_kernels *tl__kernels(void)

@@ -3,7 +3,8 @@
 
 usage: check_readme_cli.py README.md TINKERLOSS GOLDEN_DIR
 
-Each line of a ```sh block that starts with "./run.sh tinkerloss" or
+Each line of a ```sh block (other than those marked <!-- cli-test -->,
+which tests/test_cli.py runs whole) that starts with "./run.sh tinkerloss" or
 "tinkerloss" (with its backslash continuations) runs through bash, with
 the command replaced by the built executable, in a scratch directory
 holding the files the README's examples name: a request of two datums
@@ -25,7 +26,11 @@ README, EXE, GOLDEN = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
 
 def commands(text):
     out = []
-    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    # blocks marked <!-- cli-test --> run whole, in test_cli.py
+    for marked, block in re.findall(r"(<!-- cli-test -->\s*)?```sh\n(.*?)```",
+                                    text, re.S):
+        if marked:
+            continue
         lines = block.replace("\\\n", " ").splitlines()
         for line in lines:
             line = line.strip()

@@ -101,9 +101,9 @@ int tier_unsupported(void)
 {
     const char *env = getenv("TL_ISA");
     tl_isa want;
-    if (env && tl_isa_parse(env, &want) == TL_OK && want > tl_isa_best()) {
-        printf("TL_ISA=%s: this CPU supports up to %s; skipped\n", env,
-               tl_isa_name(tl_isa_best()));
+    if (env && tl_isa_parse(env, &want) == TL_OK && !tl_isa_supported(want)) {
+        printf("TL_ISA=%s: not supported by this build and CPU (best: %s); "
+               "skipped\n", env, tl_isa_name(tl_isa_best()));
         return 1;
     }
     return 0;

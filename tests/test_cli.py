@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
 """The tinkerloss command line: every verb, its output and exit status.
 usage: test_cli.py TINKERLOSS GOLDEN_DIR"""
+import ast
 import json
 import math
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 
 EXE, GOLDEN = sys.argv[1], sys.argv[2]
+SOURCE = os.path.dirname(os.path.abspath(GOLDEN))
 results = []
+
+
+class Skip(Exception):
+    """A case that cannot run here (a Python module or a program is
+    missing); reported, counted neither passed nor failed."""
 
 
 def case(name):
@@ -18,12 +27,23 @@ def case(name):
         try:
             fn()
             results.append((name, None))
+        except Skip as e:
+            results.append((name, Skip(str(e))))
         except AssertionError as e:  # a failed expectation
             results.append((name, str(e) or "assertion failed"))
         except Exception as e:  # noqa: BLE001 - report anything else too
             results.append((name, f"{type(e).__name__}: {e}"))
         return fn
     return wrap
+
+
+def need(*modules):
+    """The modules, imported, or Skip (Debian: python3-numpy,
+    python3-torch)."""
+    try:
+        return [__import__(m) for m in modules]
+    except ImportError as e:
+        raise Skip(str(e)) from None
 
 
 def run(*args):
@@ -36,17 +56,50 @@ def golden(name):
 
 
 TMP = tempfile.mkdtemp()
+FMT = {"<f4": "f", "<f8": "d", "<f2": "e", ">f4": "f", "<i2": "h",
+       "<u2": "H"}
 
 
-def write_npy(path, rows, dtype="<f4"):
+def write_npy(path, rows, dtype="<f4", lead=()):
+    """rows [N, V] as a .npy file of shape lead + (N, V) (the rows repeated
+    prod(lead) times), padded as numpy pads."""
     n, v = len(rows), len(rows[0])
-    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }" % (dtype, n, v)
+    shape = tuple(lead) + (n, v)
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype, shape)
     header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    values = [x for r in rows for x in r] * math.prod(lead)
     with open(path, "wb") as f:
         f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)))
         f.write(header.encode("latin1"))
-        fmt = "<%d%s" % (n * v, "f" if dtype == "<f4" else "d")
-        f.write(struct.pack(fmt, *[x for r in rows for x in r]))
+        f.write(struct.pack("%s%d%s" % (dtype[0], len(values), FMT[dtype]),
+                            *values))
+
+
+def read_npy(path):
+    """(descr, shape, data bytes) of a format 1.0 .npy file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    assert raw[:8] == b"\x93NUMPY\x01\x00", raw[:8]
+    hlen = struct.unpack("<H", raw[8:10])[0]
+    assert (10 + hlen) % 64 == 0, hlen
+    d = ast.literal_eval(raw[10:10 + hlen].decode("latin1"))
+    assert d["fortran_order"] is False, d
+    return d["descr"], d["shape"], raw[10 + hlen:]
+
+
+def f32_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def bf16_value(x):
+    """x rounded to bfloat16 (nearest even), as a float."""
+    return struct.unpack("<f", struct.pack("<I", bf16_round(x) << 16))[0]
+
+
+def bf16_round(x):
+    """The bfloat16 bits of float32 x rounded to nearest even (no NaN)."""
+    u = f32_bits(x)
+    return ((u + 0x7fff + ((u >> 16) & 1)) & 0xffffffff) >> 16
 
 
 LOGITS = [[0.5, -1.0, 2.0, 0.0, 1.5], [3.0, 0.25, -2.0, 1.0, 0.0],
@@ -198,10 +251,6 @@ def _():
     req, npy, _ = files()
     rc, _, err = run("compute", req, "--logits", npy, npy)
     assert rc == 2 and "2 logits files for 1 datums" in err, err
-    f8 = os.path.join(TMP, "f8.npy")
-    write_npy(f8, LOGITS, "<f8")
-    rc, _, err = run("compute", req, "--logits", f8)
-    assert rc == 2 and "float32" in err, err
     short = os.path.join(TMP, "short.npy")
     write_npy(short, LOGITS[:2])
     rc, _, err = run("compute", req, "--logits", short)
@@ -210,6 +259,185 @@ def _():
     assert rc == 2 and "missing REQUEST.json" in err, err
     rc, _, err = run("compute", req)
     assert rc == 2 and "--logits FILE... is required" in err, err
+
+
+@case("compute: float64 .npy logits give the float32 results, noted")
+def _():
+    req, npy, _ = files()
+    f8 = os.path.join(TMP, "f8.npy")
+    write_npy(f8, LOGITS, "<f8")
+    rc, out4, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    rc, out8, err = run("compute", req, "--logits", f8, "--grads")
+    assert rc == 0, err
+    d4, d8 = json.loads(out4), json.loads(out8)
+    assert d8.pop("notes") == [f"{f8}: float64 logits converted to float32"], d8
+    assert "notes" not in d4 and d4 == d8, (d4, d8)
+
+
+@case("compute: leading dimensions of size 1 are the same logits")
+def _():
+    req, npy, _ = files()
+    rc, want, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    for lead in ((1,), (1, 1)):
+        p = os.path.join(TMP, "lead.npy")
+        write_npy(p, LOGITS, lead=lead)
+        rc, out, err = run("compute", req, "--logits", p, "--grads")
+        assert rc == 0 and out == want, (lead, err)
+    write_npy(p, LOGITS, lead=(2,))
+    rc, out, err = run("compute", req, "--logits", p)
+    assert rc == 2 and out == "", out
+    assert f"{p}: shape (2, 3, 5): expected [N, V] or leading dimensions of size 1" in err, err
+
+
+# LOGITS scaled so that their float32 values need rounding to bfloat16,
+# then rounded: bfloat16 values
+BF_LOGITS = [[bf16_value(1.37 * x + 0.01) for x in r] for r in LOGITS]
+
+
+def bf16_files():
+    """The same bfloat16 logits as '<i2' and '<u2' .npy files and as a JSON
+    bfloat16 TENSOR."""
+    bits = [[bf16_round(x) for x in r] for r in BF_LOGITS]
+    i2, u2 = os.path.join(TMP, "bf_i2.npy"), os.path.join(TMP, "bf_u2.npy")
+    write_npy(i2, [[b - 65536 if b >= 32768 else b for b in r] for r in bits], "<i2")
+    write_npy(u2, bits, "<u2")
+    js = os.path.join(TMP, "bf.json")
+    with open(js, "w") as f:
+        json.dump({"data": [x for r in BF_LOGITS for x in r],
+                   "dtype": "bfloat16", "shape": [3, 5]}, f)
+    return i2, u2, js
+
+
+@case("compute: bfloat16 bits as '<i2' and '<u2' equal a JSON bfloat16 TENSOR")
+def _():
+    req = files()[0]
+    i2, u2, js = bf16_files()
+    rc, want, err = run("compute", req, "--logits", js, "--grads")
+    assert rc == 0, err
+    assert want != run("compute", req, "--logits", files()[1], "--grads")[1]
+    for p in (i2, u2):
+        rc, out, err = run("compute", req, "--logits", p, "--grads",
+                           "--logits-dtype", "bfloat16")
+        assert rc == 0 and out == want, (p, err, out, want)
+    # a JSON TENSOR says its dtype itself
+    rc, out, err = run("compute", req, "--logits", js, "--grads",
+                       "--logits-dtype", "bfloat16")
+    assert rc == 0 and out == want, err
+
+
+@case("compute: wrong .npy files are refused, naming what was found")
+def _():
+    req, npy, _ = files()
+    p = os.path.join(TMP, "wrong.npy")
+    bad = [
+        ("<f2", (), f"{p}: dtype '<f2' is not supported: expected '<f4' (float32) or '<f8' (float64)"),
+        (">f4", (), f"{p}: dtype '>f4' is not supported"),
+        ("<i2", (), f"{p}: dtype '<i2' (2-byte integers): for bfloat16 bits use --logits-dtype bfloat16"),
+        ("<f4", ("--logits-dtype", "bfloat16"),
+         f"{p}: dtype '<f4', but the logits are read as bfloat16 (--logits-dtype bfloat16)"),
+    ]
+    for dtype, extra, want in bad:
+        write_npy(p, [[int(x) for x in r] for r in LOGITS] if dtype == "<i2" else LOGITS, dtype)
+        rc, out, err = run("compute", req, "--logits", p, *extra)
+        assert rc == 2 and out == "" and want in err, (dtype, err)
+    # a float64 value float32 cannot hold, by its index
+    rows = [list(r) for r in LOGITS]
+    rows[1][2] = -1e39
+    write_npy(p, rows, "<f8")
+    rc, _, err = run("compute", req, "--logits", p)
+    assert rc == 2 and f"{p}: element 7 (row 1, column 2) is -1e+39, beyond float32's range" in err, err
+    # a file cut short
+    write_npy(p, LOGITS)
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 4)
+    rc, _, err = run("compute", req, "--logits", p)
+    assert rc == 2 and f"{p}: file is truncated" in err, err
+
+
+@case("compute: a torch.save file is refused with the numpy.save recipe")
+def _():
+    (torch,) = need("torch")
+    req = files()[0]
+    for zipped in (True, False):
+        p = os.path.join(TMP, f"logits_{zipped}.pt")
+        torch.save(torch.tensor(LOGITS), p,
+                   _use_new_zipfile_serialization=zipped)
+        rc, _, err = run("compute", req, "--logits", p)
+        assert rc == 2 and (
+            f"{p}: looks like a torch.save file; save the tensor with "
+            "numpy.save(path, t.float().numpy()) or, for bfloat16, "
+            "numpy.save(path, t.view(torch.int16).numpy()) with "
+            "--logits-dtype bfloat16") in err, err
+
+
+@case("compute --grads-out: float32 files hold the JSON's gradients bit for bit")
+def _():
+    req, npy, _ = files()
+    gdir = os.path.join(TMP, "grads_f32")
+    os.makedirs(gdir, exist_ok=True)
+    rc, out_json, err = run("compute", req, "--logits", npy, "--grads")
+    assert rc == 0, err
+    rc, out_files, err = run("compute", req, "--logits", npy, "--grads-out", gdir)
+    assert rc == 0, err
+    dj, df = json.loads(out_json), json.loads(out_files)
+    g = dj.pop("grad_logits")[0]
+    path = os.path.join(gdir, "grad_0.npy")
+    assert df.pop("grad_logits_files") == [path], df
+    assert dj == df, (dj, df)
+    descr, shape, data = read_npy(path)
+    assert descr == "<f4" and shape == (3, 5), (descr, shape)
+    assert data == struct.pack("<15f", *g["data"]), (data, g)
+    assert any(x != 0 for x in g["data"])
+    try:  # and as numpy reads it, where it is installed
+        import numpy
+    except ImportError:
+        return
+    a = numpy.load(path)
+    want = numpy.array(g["data"], dtype=numpy.float32).reshape(3, 5)
+    assert a.dtype == numpy.float32 and a.tobytes() == want.tobytes(), (a, want)
+
+
+@case("compute --grads-out: bfloat16 logits give '<u2' gradients, the float32 ones rounded")
+def _():
+    req = files()[0]
+    _, u2, _ = bf16_files()
+    gdir = os.path.join(TMP, "grads_bf16")
+    os.makedirs(gdir, exist_ok=True)
+    bf = ("--logits", u2, "--logits-dtype", "bfloat16")
+    rc, out_json, err = run("compute", req, *bf, "--grads")
+    assert rc == 0, err
+    rc, out_files, err = run("compute", req, *bf, "--grads-out", gdir)
+    assert rc == 0, err
+    g = json.loads(out_json)["grad_logits"][0]["data"]
+    descr, shape, data = read_npy(os.path.join(gdir, "grad_0.npy"))
+    assert descr == "<u2" and shape == (3, 5), (descr, shape)
+    # the library's bfloat16 gradient is its float32 one rounded once to
+    # nearest even (tinkerloss.h, tl_logprobs_backward; tested bit for bit
+    # in test_backward)
+    want = [bf16_round(x) for x in g]
+    assert list(struct.unpack("<15H", data)) == want, (data, want)
+    assert any(bf16_value(x) != x for x in g), g  # rounding was needed
+    try:  # and PyTorch's rounding, where it is installed
+        import numpy
+        import torch
+    except ImportError:
+        return
+    a = numpy.load(os.path.join(gdir, "grad_0.npy"))
+    t = torch.tensor(g, dtype=torch.float32).to(torch.bfloat16)
+    assert a.dtype == numpy.uint16 and a.shape == (3, 5), a
+    assert a.view(numpy.int16).ravel().tolist() == t.view(torch.int16).tolist()
+
+
+@case("compute --grads-out: a directory that is not there is named")
+def _():
+    req, npy, _ = files()
+    missing = os.path.join(TMP, "no_such_dir")
+    out = os.path.join(TMP, "not_written.json")
+    rc, _, err = run("compute", req, "--logits", npy, "--grads-out", missing, "-o", out)
+    assert rc == 2 and f"{missing}: cannot write the gradient files there: No such file or directory" in err, err
+    assert not os.path.exists(out)
 
 
 def dump_from_compute():
@@ -442,8 +670,53 @@ def _():
     assert rc == 0, err
 
 
-failed = [(n, e) for n, e in results if e]
+@case("README: the compute section's commands run as written")
+def _():
+    need("numpy", "torch")
+    if not os.access("/usr/bin/time", os.X_OK):
+        raise Skip("/usr/bin/time is not installed (Debian: time)")
+    with open(os.path.join(SOURCE, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"<!-- cli-test -->\s*```(sh|python)\n(.*?)```",
+                            f.read(), re.S)
+    assert len(blocks) == 5, blocks
+    # a folder where the README's paths lead to the tool under test
+    work = os.path.join(TMP, "readme")
+    os.makedirs(os.path.join(work, "build", "tools"))
+    exe = os.path.abspath(EXE)
+    os.symlink(exe, os.path.join(work, "build", "tools", "tinkerloss"))
+    os.symlink(os.path.join(SOURCE, "bench"), os.path.join(work, "bench"))
+    with open(os.path.join(work, "run.sh"), "w") as f:
+        f.write('#!/bin/sh\n[ "$1" = tinkerloss ] || exit 99\nshift\n'
+                'exec "%s" "$@"\n' % exe)
+    os.chmod(os.path.join(work, "run.sh"), 0o755)
+    with open(os.path.join(work, "request.json"), "w") as f:
+        json.dump(dict(REQUEST, data=REQUEST["data"] * 2), f)
+    errs = []
+    for lang, code in blocks:
+        cmd = (["/usr/bin/python3", "-c", code] if lang == "python"
+               else ["sh", "-eu", "-c", code])
+        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        assert r.returncode == 0, (code, r.stdout, r.stderr)
+        errs.append(r.stderr)
+    for name, d in (("output.json", "grads"), ("output_bf16.json", "grads_bf16")):
+        with open(os.path.join(work, name)) as f:
+            out = json.load(f)
+        assert len(out["loss_fn_outputs"]) == 2, out
+        assert out["grad_logits_files"] == [f"{d}/grad_0.npy", f"{d}/grad_1.npy"], out
+        descr, shape, _ = read_npy(os.path.join(work, d, "grad_1.npy"))
+        assert descr == ("<u2" if d == "grads_bf16" else "<f4") and shape == (3, 5)
+    assert "Maximum resident set size" in errs[-1], errs[-1]
+    assert not os.path.exists(os.path.join(work, "big.npy"))
+
+
+shutil.rmtree(TMP, ignore_errors=True)
+failed = [(n, e) for n, e in results if e and not isinstance(e, Skip)]
+skipped = [(n, e) for n, e in results if isinstance(e, Skip)]
 for n, e in results:
-    print(("ok   " if not e else "FAIL ") + n + ("" if not e else ": " + e))
-print(f"tl-check: {len(results) - len(failed)} passed, {len(failed)} failed")
+    if isinstance(e, Skip):
+        print(f"skip {n}: {e}")
+    else:
+        print(("ok   " if not e else "FAIL ") + n + ("" if not e else ": " + e))
+passed = len(results) - len(failed) - len(skipped)
+print(f"tl-check: {passed} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)

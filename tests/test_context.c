@@ -185,9 +185,10 @@ START_TEST(test_parameters)
     ck_assert_int_eq(tl_ctx_set(NULL, TL_PARAM_THREADS, 1, &e), TL_ERR_NULL);
     ck_assert_int_eq(tl_ctx_set(c, TL_PARAM_ISA, TL_ISA_SCALAR, &e), TL_OK);
     ck_assert_int_eq(tl_ctx_set(c, TL_PARAM_ISA, 7, &e), TL_ERR_VALUE);
-    if (tl_isa_best() < TL_ISA_AVX512)
-        ck_assert_int_eq(tl_ctx_set(c, TL_PARAM_ISA, TL_ISA_AVX512, &e),
-                         TL_ERR_UNSUPPORTED);
+    for (int i = TL_ISA_SCALAR; i <= TL_ISA_NEON; i++)
+        if (!tl_isa_supported((tl_isa)i))
+            ck_assert_int_eq(tl_ctx_set(c, TL_PARAM_ISA, i, &e),
+                             TL_ERR_UNSUPPORTED);
     tl_ctx_free(c);
     tl_ctx_free(NULL);
 }

@@ -85,9 +85,6 @@ void tl__lfile_close(tl__lfile *f);
 /* TL_ERR_SIZE if the regular file f is larger than tl__io_limit(). */
 tl_status tl__check_file_size(FILE *f, const char *path, tl_error *err);
 
-/* A 2-D float32 .npy stream (C order, little-endian) into t. */
-tl_status tl__npy_read(FILE *f, const char *path, jt *t, tl_error *err);
-
 /* Get a member by key; NULL if absent or JSON null. */
 json_t *tl__jget(json_t *obj, const char *key);
 

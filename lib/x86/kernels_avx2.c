@@ -151,8 +151,10 @@ static inline double vd_hsum(VD a, VD b)
 static inline VF vexp2(VF t);
 
 #define KERNEL_TABLE tl__kernels_avx2
+/* the prefetch of the statistics pass, as measured on Zen 4 */
+#define TL_PF_LINES 4
 #define KERNEL_ISA TL_ISA_AVX2
-#include "kernels_body.h"
+#include "simd/kernels_body.h"
 
 /* 2^t, t <= 8: n = round(t) with the 1.5 * 2^23 trick (n lands in the low
  * mantissa bits of u), the polynomial of r = t - n, then n added to the

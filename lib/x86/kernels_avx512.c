@@ -124,8 +124,10 @@ static inline double vd_hsum(VD a, VD b) { return _mm512_reduce_add_pd(_mm512_ad
 static inline VF vexp2(VF t);
 
 #define KERNEL_TABLE tl__kernels_avx512
+/* the prefetch of the statistics pass, as measured on Zen 4 */
+#define TL_PF_LINES 4
 #define KERNEL_ISA TL_ISA_AVX512
-#include "kernels_body.h"
+#include "simd/kernels_body.h"
 
 /* 2^t, t <= 8: n = round(t), the polynomial of r = t - n, then vscalefps
  * for 2^n. Results below TL_EXP2_FLUSH are zeroed (no subnormals; this

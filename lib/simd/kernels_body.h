@@ -1,6 +1,6 @@
 /*
  * Row kernels written once over a small vector vocabulary; included by each
- * x86 tier after it defines:
+ * vector tier (lib/x86/: AVX2, AVX-512; lib/arm/: NEON) after it defines:
  *   VF, VD, VM          float vector, double accumulator, lane mask
  *   VW                  lanes per VF
  *   vf_set1 vf_add vf_sub vf_mul vf_fmadd vf_max vf_min
@@ -23,6 +23,11 @@
  *   vm_none() vm_unord(mask, v) vm_any(mask)
  *   vd_zero() vd_acc(acc_lo, acc_hi, v) vd_hsum(a, b)
  *   KERNEL_TABLE                        name of the tl_kernels to define
+ *   KERNEL_ISA                          its tl_isa
+ *   TL_PF_LINES                         cache lines the statistics pass
+ *                                       prefetches per iteration of 4 VW
+ *                                       float32 elements (half as many for
+ *                                       bfloat16; at least 1)
  */
 
 /* Minimax coefficients of 2^r on [-1/2, 1/2] (degree 5, fitted for
@@ -192,12 +197,10 @@ sum_block(const void *x, int64_t b0, int64_t b1, int64_t pf, float c, float m,
     for (; !huge && j + 4 * VW <= b1; j += 4 * VW) {
         if (pf) {
             const char *nx = (const char *)x + (j + pf) * (bf16 ? 2 : 4);
-            _mm_prefetch(nx, _MM_HINT_T0);
-            _mm_prefetch(nx + 64, _MM_HINT_T0);
-            if (!bf16) {
-                _mm_prefetch(nx + 128, _MM_HINT_T0);
-                _mm_prefetch(nx + 192, _MM_HINT_T0);
-            }
+            const int lines = bf16 && TL_PF_LINES > 1 ? TL_PF_LINES / 2
+                                                       : TL_PF_LINES;
+            for (int l = 0; l < lines; l++) /* read, keep in every level */
+                __builtin_prefetch(nx + 64 * l, 0, 3);
         }
         VF t0 = vf_sub(vf_fmadd(vf_load(x, j, bf16), vc, nhi), lo_);
         VF t1 = vf_sub(vf_fmadd(vf_load(x, j + VW, bf16), vc, nhi), lo_);
