@@ -2,7 +2,9 @@
 the SDK get stand-ins: `from tinker import types` imports the stand-in
 types of the current SDK generation, and `training_client` is a stand-in
 TrainingClient whose server computes with tinkerloss from a fixed model
-(logits drawn per input token)."""
+(logits drawn per input token). The blocks marked <!-- cli-test --> belong
+to the command-line sections: tests/test_cli.py runs them, beside the
+files their commands name."""
 
 import os
 import re
@@ -22,7 +24,8 @@ EMBED = np.random.default_rng(42).standard_normal((V, V), dtype=np.float32)
 def blocks():
     root = os.environ.get("TL_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
     with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-        return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+        found = re.findall(r"(<!-- cli-test -->\s*)?```python\n(.*?)```", f.read(), re.S)
+    return [code for marker, code in found if not marker]
 
 
 def server(data, loss_fn, loss_fn_config):
