@@ -32,8 +32,32 @@ def get_num_threads() -> int:
 
 
 def isa() -> str:
-    """The ISA tier the kernels run ("scalar", "avx2", "avx512")."""
+    """The ISA tier the kernels run: "scalar", "avx2", "avx512" (x86-64) or
+    "neon" (arm64); TL_ISA in the environment picks it at load time."""
     return ffi.string(lib.tl_isa_name(lib.tl_isa_active())).decode()
+
+
+def _tiers():
+    return [value for value, name in sorted(ffi.typeof("tl_isa").elements.items())]
+
+
+def supported_isas() -> list:
+    """The tiers this build and CPU run, slowest first."""
+    return [ffi.string(lib.tl_isa_name(t)).decode() for t in _tiers()
+            if lib.tl_isa_supported(t)]
+
+
+def set_isa(name: str) -> None:
+    """Run the kernels of tier `name` from now on, in every thread (as
+    TL_ISA does at load time): ERR_VALUE for an unknown name,
+    ERR_UNSUPPORTED for a tier this build or CPU lacks."""
+    tier = ffi.new("tl_isa *")
+    if not isinstance(name, str) or lib.tl_isa_parse(name.encode(), tier):
+        names = ", ".join(ffi.string(lib.tl_isa_name(t)).decode() for t in _tiers())
+        raise Error(Status.ERR_VALUE, "isa", -1, f"isa {name!r} is not a tier ({names})")
+    if lib.tl_isa_set(tier[0]):
+        raise Error(Status.ERR_UNSUPPORTED, "isa", -1, f"isa {name!r} is not supported here "
+                    f"(supported: {', '.join(supported_isas())})")
 
 
 __all__ = [
@@ -42,5 +66,5 @@ __all__ = [
     "kl_estimate", "kl_penalty", "group_advantages", "datums_from_trajectory",
     "datum_from_sample", "Error", "Status", "ForwardBackwardResult", "LossResult",
     "VerifyReport", "Finding", "FindingKind", "Call", "KL", "set_num_threads",
-    "get_num_threads", "isa", "__version__",
+    "get_num_threads", "isa", "supported_isas", "set_isa", "__version__",
 ]
