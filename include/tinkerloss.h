@@ -242,12 +242,16 @@ TL_API tl_status tl_logprobs(tl_ctx *ctx, const tl_logits *logits,
  * Repeated targets in a row add up. A target element is computed as
  * g (1 - p_t) directly, 1 - p_t from the sum of the other terms when t is
  * the row max, so that it keeps its precision when p_t is within 1e-7 (or
- * 1e-40) of 1. Without an entropy term, every float32 gradient element
- * whose exact value is at least FLT_MIN in magnitude is within 2e-5 of
- * it, relative, and every smaller one within FLT_MIN (terms far below the
- * row max are not flushed when g / T makes their element a normal float).
- * With an entropy term the factor g + ge (log p_j + H) may cancel:
- * elements are then within 2e-5 of the row's largest. Row statistics are
+ * 1e-40) of 1. Without an entropy term and with one target per row
+ * (k = 1), every float32 gradient element whose exact value is at least
+ * FLT_MIN in magnitude is within 2e-5 of it, relative, and every smaller
+ * one within FLT_MIN (terms far below the row max are not flushed when
+ * g / T makes their element a normal float). With k > 1 the two terms of
+ * a target element, sum_q g[i, q] 1[j == t_iq] and G_i p_j, may cancel
+ * (the row's other targets count in G_i): such an element is within 2e-5
+ * of their magnitudes' sum, divided by T. With an entropy term the factor
+ * g + ge (log p_j + H) may cancel: elements are then within 2e-5 of the
+ * row's largest. Row statistics are
  * recomputed from the logits (each gradient row is written while its
  * logits row is still in cache), so no forward results are needed. A
  * bfloat16 gradient is computed in float32 and rounded to nearest-even
