@@ -19,11 +19,12 @@ medians, the speedup over PyTorch and Python's overhead over C.
 Then, for float32 fwdbwd with the most threads, K rounds that alternate
 ppo_bench (R calls) and the Python call (R calls): the per-round medians,
 and Python's overhead as the median over the rounds with its range. On a
-shared machine those rounds carry its noise; the package's own cost per
-call is measured apart, without it: the Python call against the bare
-library call (tl_forward_backward through cffi, its structs built once) in
-the same process, alternating, on a workload small enough (8 x 1000) for
-that cost to show, and given as a fraction of ppo_bench's median.
+shared machine those rounds carry its noise, so the Python call is also
+timed against the bare library call (tl_forward_backward through cffi, its
+structs built once) in the same process, alternating call by call: on the
+same workload (K x R calls each), and on one small enough (8 x 1000) for
+the package's own cost per call to show, given as a fraction of
+ppo_bench's median.
 
 Run it with Debian's /usr/bin/python3 (its numpy and torch; another
 python3 on PATH may lack them). Skips cleanly (exit 0) when torch is not
@@ -69,23 +70,23 @@ def load_tinkerloss(path):
         return None
 
 
-def python_call(tl, torch, x, t, q, adv, mode, threads):
+def python_call(tl, torch, x, t, q, adv, mode, threads, out=None):
     """The workload's PPO call from Python: tinkerloss.forward_backward of
-    one datum, the gradient into a buffer allocated (and touched) once."""
+    one datum, the gradient into a buffer allocated (and touched) once, or
+    into `out` (a float32 numpy array) when given."""
     numpy_path = x.dtype == torch.float32
     logits = x.numpy() if numpy_path else x
     datum = {"model_input": {"chunks": []},
              "loss_fn_inputs": {"target_tokens": t.numpy(), "logprobs": q.float().numpy(),
                                 "advantages": adv.numpy()}}
     grads = mode == "fwdbwd"
-    out = None
-    if grads:
+    if grads and out is None:
         out = torch.zeros_like(x)
-        out = [out.numpy() if numpy_path else out]
+        out = out.numpy() if numpy_path else out
 
     def call():
         return tl.forward_backward([datum], "ppo", None, logits=[logits], grads=grads,
-                                   out=out, threads=threads)
+                                   out=[out] if grads else None, threads=threads)
     return call
 
 
@@ -193,21 +194,15 @@ def bare_call(tl, x, t, q, adv, out, threads):
     return call, (datum, cfg, ctx, err, lp, lps, grad, metrics, batch, res)
 
 
-def layer_cost_us(tl, torch, threads, calls=2000):
-    """The package's own cost per call in microseconds: the median of the
-    Python call less that of the bare call, on 8 x 1000 float32 fwdbwd,
-    the two alternating call by call."""
-    gen = torch.Generator().manual_seed(7)
-    n, v = 8, 1000
-    x = torch.randn(n, v, generator=gen)
-    t = torch.randint(0, v, (n,), generator=gen)
-    q = torch.log_softmax(x, -1).gather(1, t[:, None]).squeeze(1)
-    adv = torch.randn(n, generator=gen)
-    py = python_call(tl, torch, x, t, q, adv, "fwdbwd", threads)
+def paired_us(tl, torch, x, t, q, adv, threads, calls):
+    """Medians in microseconds of the Python call and of the bare call on
+    float32 fwdbwd of x, alternating call by call (both see the same
+    machine), both writing one gradient buffer."""
     out = torch.zeros_like(x).numpy()
+    py = python_call(tl, torch, x, t, q, adv, "fwdbwd", threads, out)
     bare, keep = bare_call(tl, x.numpy(), t.numpy(), q.numpy(), adv.numpy(), out, threads)
     tp, tb = [], []
-    for _ in range(calls // 10):  # warm-up
+    for _ in range(max(1, calls // 10)):  # warm-up
         py()
         bare()
     for _ in range(calls):
@@ -224,8 +219,10 @@ def layer_cost_us(tl, torch, threads, calls=2000):
 
 def overhead(args, tl, torch, x, t, adv, th):
     """Python's overhead over ppo_bench on float32 fwdbwd: rounds that
-    alternate the two, each the median of `repeat` calls; then the
-    package's own cost per call."""
+    alternate the two, each the median of `repeat` calls; then the Python
+    call against the bare library call in this process, alternating call
+    by call, on the same workload and on a small one (the package's own
+    cost per call)."""
     with torch.no_grad():
         q = torch.log_softmax(x, -1).gather(1, t[:, None]).squeeze(1) + 0.2 * torch.randn(
             x.shape[0], generator=torch.Generator().manual_seed(5))
@@ -245,9 +242,18 @@ def overhead(args, tl, torch, x, t, adv, th):
           f"Python {med_py:.2f} ms (range {min(py_ms):.2f}-{max(py_ms):.2f}); "
           f"overhead {100 * (med_py / med_c - 1):+.1f}% "
           f"(per round {100 * min(ratios):+.1f}% to {100 * max(ratios):+.1f}%)")
-    py_us, bare_us = layer_cost_us(tl, torch, th)
+    calls = args.rounds * args.repeat
+    py_us, bare_us = paired_us(tl, torch, x, t, q, adv, th, calls)
+    print(f"the same workload, the Python call and the bare library call (cffi) alternating, "
+          f"{calls} each: {py_us / 1e3:.2f} and {bare_us / 1e3:.2f} ms, "
+          f"{100 * (py_us / bare_us - 1):+.2f}%", flush=True)
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.randn(8, 1000, generator=gen)
+    ts = torch.randint(0, 1000, (8,), generator=gen)
+    qs = torch.log_softmax(xs, -1).gather(1, ts[:, None]).squeeze(1)
+    py_us, bare_us = paired_us(tl, torch, xs, ts, qs, torch.randn(8, generator=gen), th, 2000)
     print(f"the package's own cost: {py_us - bare_us:.1f} us per call (8 x 1000: Python "
-          f"{py_us:.1f} us, bare cffi call {bare_us:.1f} us), "
+          f"{py_us:.1f} us, bare call {bare_us:.1f} us), "
           f"{100 * (py_us - bare_us) / (1e3 * med_c):.3f}% of ppo_bench's median", flush=True)
 
 
