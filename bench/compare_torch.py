@@ -197,22 +197,21 @@ def bare_call(tl, x, t, q, adv, out, threads):
 def paired_us(tl, torch, x, t, q, adv, threads, calls):
     """Medians in microseconds of the Python call and of the bare call on
     float32 fwdbwd of x, alternating call by call (both see the same
-    machine), both writing one gradient buffer."""
+    machine; each goes first in turn), both writing one gradient buffer."""
     out = torch.zeros_like(x).numpy()
     py = python_call(tl, torch, x, t, q, adv, "fwdbwd", threads, out)
     bare, keep = bare_call(tl, x.numpy(), t.numpy(), q.numpy(), adv.numpy(), out, threads)
-    tp, tb = [], []
+    times = {py: [], bare: []}
     for _ in range(max(1, calls // 10)):  # warm-up
         py()
         bare()
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        py()
-        t1 = time.perf_counter()
-        bare()
-        t2 = time.perf_counter()
-        tp.append(t1 - t0)
-        tb.append(t2 - t1)
+    for k in range(calls):
+        # either goes first in turn, so that neither always follows the other
+        for fn in ((py, bare) if k % 2 == 0 else (bare, py)):
+            t0 = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - t0)
+    tp, tb = times[py], times[bare]
     del keep
     return 1e6 * statistics.median(tp), 1e6 * statistics.median(tb)
 
