@@ -12,9 +12,10 @@ For each dtype (float32, bfloat16) and thread count it times, in PyTorch:
           logits;
 then runs ppo_bench --json on the same shapes right after (C calling the
 library), and times the same PPO call from Python (tinkerloss.
-forward_backward on the numpy array or torch tensor, the gradient into a
-buffer given with out=, as ppo_bench writes into its own), and prints the
-medians, the speedup over PyTorch and Python's overhead over C.
+forward_backward on float32 numpy arrays or bfloat16 torch tensors, the
+gradient into a buffer given with out=, as ppo_bench writes into its own;
+see python_buffers), and prints the medians, the speedup over PyTorch and
+Python's overhead over C.
 
 Then, for float32 fwdbwd with the most threads, K rounds that alternate
 ppo_bench (R calls) and the Python call (R calls): the per-round medians,
@@ -38,6 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 
 def ppo_bench_ms(exe, n, v, dtype, mode, threads, repeat):
@@ -70,19 +73,27 @@ def load_tinkerloss(path):
         return None
 
 
-def python_call(tl, torch, x, t, q, adv, mode, threads, out=None):
+def python_buffers(torch, x, mode):
+    """The Python path's logits and gradient buffer (None for fwd). float32
+    goes as numpy arrays that numpy allocated (malloc, as ppo_bench's
+    buffers are): the bare library call on buffers that torch allocated
+    and filled measured 3.4% slower than on these, in one process,
+    alternating, which is no cost of calling from Python. bfloat16 stays a
+    torch tensor (numpy has no bfloat16)."""
+    if x.dtype == torch.float32:
+        logits = x.numpy().copy()
+        return logits, (np.zeros_like(logits) if mode == "fwdbwd" else None)
+    return x, (torch.zeros_like(x) if mode == "fwdbwd" else None)
+
+
+def python_call(tl, logits, t, q, adv, out, threads):
     """The workload's PPO call from Python: tinkerloss.forward_backward of
-    one datum, the gradient into a buffer allocated (and touched) once, or
-    into `out` (a float32 numpy array) when given."""
-    numpy_path = x.dtype == torch.float32
-    logits = x.numpy() if numpy_path else x
+    one datum (t, q, adv: numpy arrays), the gradient into `out` (None:
+    forward only), allocated and touched once, as ppo_bench writes into its
+    own buffer."""
     datum = {"model_input": {"chunks": []},
-             "loss_fn_inputs": {"target_tokens": t.numpy(), "logprobs": q.float().numpy(),
-                                "advantages": adv.numpy()}}
-    grads = mode == "fwdbwd"
-    if grads and out is None:
-        out = torch.zeros_like(x)
-        out = out.numpy() if numpy_path else out
+             "loss_fn_inputs": {"target_tokens": t, "logprobs": q, "advantages": adv}}
+    grads = out is not None
 
     def call():
         return tl.forward_backward([datum], "ppo", None, logits=[logits], grads=grads,
@@ -150,7 +161,11 @@ def main():
                 tl_ms = ppo_bench_ms(args.ppo_bench, n, v, dtype_name, mode, th, args.repeat)
                 py = ""
                 if tl is not None:
-                    py_ms = timed(python_call(tl, torch, x, t, q, adv, mode, th), args.repeat)
+                    logits, out = python_buffers(torch, x, mode)
+                    call = python_call(tl, logits, t.numpy(), q.float().numpy(), adv.numpy(),
+                                       out, th)
+                    py_ms = timed(call, args.repeat)
+                    del logits, out, call
                     py = f" {py_ms:10.2f} {100 * (py_ms / tl_ms - 1):+6.1f}%"
                 print(f"{dtype_name:5} {mode:7} {th:3d} {torch_ms:10.1f} "
                       f"{tl_ms:13.2f} {torch_ms / tl_ms:7.1f}x{py}", flush=True)
@@ -194,13 +209,12 @@ def bare_call(tl, x, t, q, adv, out, threads):
     return call, (datum, cfg, ctx, err, lp, lps, grad, metrics, batch, res)
 
 
-def paired_us(tl, torch, x, t, q, adv, threads, calls):
+def paired_us(tl, logits, t, q, adv, out, threads, calls):
     """Medians in microseconds of the Python call and of the bare call on
-    float32 fwdbwd of x, alternating call by call (both see the same
-    machine; each goes first in turn), both writing one gradient buffer."""
-    out = torch.zeros_like(x).numpy()
-    py = python_call(tl, torch, x, t, q, adv, "fwdbwd", threads, out)
-    bare, keep = bare_call(tl, x.numpy(), t.numpy(), q.numpy(), adv.numpy(), out, threads)
+    float32 fwdbwd (numpy arrays), alternating call by call (both see the
+    same machine; each goes first in turn), both writing `out`."""
+    py = python_call(tl, logits, t, q, adv, out, threads)
+    bare, keep = bare_call(tl, logits, t, q, adv, out, threads)
     times = {py: [], bare: []}
     for _ in range(max(1, calls // 10)):  # warm-up
         py()
@@ -225,7 +239,9 @@ def overhead(args, tl, torch, x, t, adv, th):
     with torch.no_grad():
         q = torch.log_softmax(x, -1).gather(1, t[:, None]).squeeze(1) + 0.2 * torch.randn(
             x.shape[0], generator=torch.Generator().manual_seed(5))
-    call = python_call(tl, torch, x, t, q, adv, "fwdbwd", th)
+    logits, out = python_buffers(torch, x, "fwdbwd")
+    arrays = (t.numpy(), q.numpy(), adv.numpy())
+    call = python_call(tl, logits, *arrays, out, th)
     c_ms, py_ms = [], []
     print(f"\nPython over C: f32 fwdbwd, {th} threads, {args.rounds} rounds of "
           f"{args.repeat} calls each")
@@ -242,7 +258,7 @@ def overhead(args, tl, torch, x, t, adv, th):
           f"overhead {100 * (med_py / med_c - 1):+.1f}% "
           f"(per round {100 * min(ratios):+.1f}% to {100 * max(ratios):+.1f}%)")
     calls = args.rounds * args.repeat
-    py_us, bare_us = paired_us(tl, torch, x, t, q, adv, th, calls)
+    py_us, bare_us = paired_us(tl, logits, *arrays, out, th, calls)
     print(f"the same workload, the Python call and the bare library call (cffi) alternating, "
           f"{calls} each: {py_us / 1e3:.2f} and {bare_us / 1e3:.2f} ms, "
           f"{100 * (py_us / bare_us - 1):+.2f}%", flush=True)
@@ -250,7 +266,8 @@ def overhead(args, tl, torch, x, t, adv, th):
     xs = torch.randn(8, 1000, generator=gen)
     ts = torch.randint(0, 1000, (8,), generator=gen)
     qs = torch.log_softmax(xs, -1).gather(1, ts[:, None]).squeeze(1)
-    py_us, bare_us = paired_us(tl, torch, xs, ts, qs, torch.randn(8, generator=gen), th, 2000)
+    small = (xs.numpy(), ts.numpy(), qs.numpy(), torch.randn(8, generator=gen).numpy())
+    py_us, bare_us = paired_us(tl, *small, np.zeros((8, 1000), np.float32), th, 2000)
     print(f"the package's own cost: {py_us - bare_us:.1f} us per call (8 x 1000: Python "
           f"{py_us:.1f} us, bare call {bare_us:.1f} us), "
           f"{100 * (py_us - bare_us) / (1e3 * med_c):.3f}% of ppo_bench's median", flush=True)
