@@ -4,6 +4,8 @@
 #   ./run.sh bench   install what is missing, build, run the benchmark
 #   ./run.sh build   install what is missing, build
 #   ./run.sh tinkerloss ARGS...   build if needed, run the command-line tool
+#   ./run.sh python ARGS...       build if needed, run /usr/bin/python3 with
+#                                 the build tree's tinkerloss package
 #   ./run.sh fuzz [SECONDS]       run the libFuzzer targets (default 300 s)
 #   ./run.sh valgrind             the unit tests under valgrind's memcheck
 #   ./run.sh insns [N V]          instructions per element, x86-64 and arm64
@@ -12,10 +14,16 @@ cd "$(dirname "$0")"
 
 BUILD_DIR=${TL_BUILD_DIR:-build}
 
-# Debian packages the build, the tests and the benchmark need.
+# Debian packages the build, the tests and the benchmark need. The
+# command-line tests use numpy and torch (.npy files) and time (a README
+# command). The Python package: cffi builds and loads it, numpy is its one
+# dependency; its tests use pytest, hypothesis, torch (the reference),
+# pydantic (the older SDK's stand-in types), venv, pip and meson-python
+# (the install test).
 PACKAGES=(meson ninja-build gcc libc6-dev pkg-config binutils check
-          libopenblas-dev libjansson-dev python3 python3-numpy python3-torch
-          time)
+          libopenblas-dev libjansson-dev python3 python3-numpy python3-cffi
+          python3-pytest python3-hypothesis python3-torch python3-pydantic
+          python3-venv python3-pip python3-mesonpy git time)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -46,7 +54,7 @@ install_missing() {
 configure() {
     if [ ! -f "$BUILD_DIR/build.ninja" ]; then
         log "configuring $BUILD_DIR/"
-        meson setup "$BUILD_DIR" >/dev/null
+        meson setup "$BUILD_DIR" -Dpython=enabled >/dev/null
     fi
 }
 
@@ -65,15 +73,20 @@ SAN_DIR=${TL_SAN_DIR:-build-san}
 run_tests() {
     build
     local rc=0
+    # the summary counts this run only: a filtered run (./run.sh test
+    # --suite python) that matches nothing in a build writes no log there
+    rm -f "$BUILD_DIR/meson-logs/testlog.json" "$SAN_DIR/meson-logs/testlog.json"
     # 1. every suite once per ISA tier (a tier the CPU lacks is skipped)
     meson test -C "$BUILD_DIR" --num-processes "$(nproc)" --print-errorlogs \
         "$@" || rc=$?
+    #    (the Python package's tests, suite python, run in this build only)
     # 2. the same under AddressSanitizer + UndefinedBehaviorSanitizer, in a
     #    build of its own
     if [ ! -f "$SAN_DIR/build.ninja" ]; then
         log "configuring $SAN_DIR/ (address and undefined sanitizers)"
         meson setup "$SAN_DIR" -Db_sanitize=address,undefined \
-            -Dbuildtype=debugoptimized -Db_lundef=false >/dev/null
+            -Dbuildtype=debugoptimized -Db_lundef=false -Dpython=disabled \
+            >/dev/null
     fi
     meson compile -C "$SAN_DIR" >/dev/null || {
         meson compile -C "$SAN_DIR"; exit 1; }
@@ -232,6 +245,17 @@ run_tinkerloss() {
     exec "$BUILD_DIR/tools/tinkerloss" "$@"
 }
 
+# /usr/bin/python3 with the build tree's package first on its path
+# (build/python is laid out as the installed package).
+run_python() {
+    build >&2
+    [ -f "$BUILD_DIR/python/tinkerloss/_ffi.py" ] || {
+        log "the Python package was not built (see 'meson configure $BUILD_DIR' for -Dpython)"
+        exit 1; }
+    PYTHONPATH="$PWD/$BUILD_DIR/python${PYTHONPATH:+:$PYTHONPATH}" \
+        exec /usr/bin/python3 "$@"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -239,9 +263,10 @@ case "$cmd" in
     bench) run_bench "$@" ;;
     build) build ;;
     tinkerloss) run_tinkerloss "$@" ;;
+    python) run_python "$@" ;;
     fuzz) run_fuzz "$@" ;;
     valgrind) run_valgrind ;;
     insns) run_insns "$@" ;;
-    *) echo "usage: ./run.sh test|bench|build|tinkerloss|fuzz|valgrind|insns [args...]" >&2
+    *) echo "usage: ./run.sh test|bench|build|tinkerloss|python|fuzz|valgrind|insns [args...]" >&2
        exit 2 ;;
 esac

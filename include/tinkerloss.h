@@ -40,7 +40,13 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32) && defined(TL_SHARED_BUILD)
+/* TL_DECLARATIONS_ONLY, for binding generators (the Python package's cffi
+ * declarations are made by preprocessing these headers with it): TL_API
+ * adds no attribute and the static inline helpers are left out, so that
+ * only types, constants and prototypes remain. C programs do not set it. */
+#if defined(TL_DECLARATIONS_ONLY)
+#define TL_API
+#elif defined(_WIN32) && defined(TL_SHARED_BUILD)
 #define TL_API __declspec(dllexport)
 #elif defined(__GNUC__)
 #define TL_API __attribute__((visibility("default")))
@@ -379,6 +385,7 @@ typedef struct tl_tensor {
     int64_t shape[2];
 } tl_tensor;
 
+#ifndef TL_DECLARATIONS_ONLY
 static inline tl_tensor tl_tensor_1d(const void *data, tl_dtype dtype,
                                      int64_t n)
 {
@@ -399,6 +406,7 @@ static inline tl_tensor tl_tensor_2d(const void *data, tl_dtype dtype,
     t.shape[1] = k;
     return t;
 }
+#endif
 
 /*
  * One training datum: its loss_fn_inputs and the logits of its N positions.
@@ -434,6 +442,7 @@ typedef struct tl_datum {
     tl_tensor mask;
 } tl_datum;
 
+#ifndef TL_DECLARATIONS_ONLY
 /* Rows [row0, row0 + rows) of a logits view (no check; see the caller). */
 static inline tl_logits tl_logits_rows(tl_logits lg, int64_t row0,
                                        int64_t rows)
@@ -443,6 +452,7 @@ static inline tl_logits tl_logits_rows(tl_logits lg, int64_t row0,
     lg.rows = rows;
     return lg;
 }
+#endif
 
 /* Scalar metrics. The library's own are named "name:reduction" as the
  * server's are (reduction: how chunks of a batch combine, see

@@ -182,12 +182,14 @@ typedef struct tl_verify_opts {
     int64_t nlogits_mem;           /* views in logits_mem */
 } tl_verify_opts;
 
+#ifndef TL_DECLARATIONS_ONLY
 /* atol = rtol = 1e-5, no logits. */
 static inline tl_verify_opts tl_verify_opts_default(void)
 {
     tl_verify_opts o = {1e-5, 1e-5, NULL, NULL, 0};
     return o;
 }
+#endif
 
 /*
  * Verify a dump of a real Tinker call:

@@ -3,8 +3,11 @@
 `meson test` runs whose JSON logs are given: a program that counts its own
 cases prints a line `tl-check: N passed, M failed`; any other test counts
 as one case; a skipped test (exit 77, e.g. an ISA tier the CPU lacks) is
-counted apart. Exits non-zero if anything failed or nothing ran."""
+counted apart. A log that does not exist (a filtered run that matched no
+test of that build) counts nothing. Exits non-zero if anything failed or
+nothing ran."""
 import json
+import os
 import re
 import sys
 
@@ -14,6 +17,8 @@ CASES = re.compile(r"^tl-check: (\d+) passed, (\d+) failed$", re.M)
 def main(*paths):
     passed = failed = skipped = 0
     for path in paths:
+        if not os.path.exists(path):
+            continue
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
