@@ -19,11 +19,11 @@ BUILD_DIR=${TL_BUILD_DIR:-build}
 # command). The Python package: cffi builds and loads it, numpy is its one
 # dependency; its tests use pytest, hypothesis, torch (the reference),
 # pydantic (the older SDK's stand-in types), venv, pip and meson-python
-# (the install test).
+# (the install test), matplotlib (the watcher's plot).
 PACKAGES=(meson ninja-build gcc libc6-dev pkg-config binutils check
           libopenblas-dev libjansson-dev python3 python3-numpy python3-cffi
           python3-pytest python3-hypothesis python3-torch python3-pydantic
-          python3-venv python3-pip python3-mesonpy git time)
+          python3-venv python3-pip python3-mesonpy python3-matplotlib git time)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 

@@ -14,6 +14,7 @@ from ._objectives import (KL, datum_from_sample, datums_from_trajectory, distill
                           dpo_loss, group_advantages, kl_estimate, kl_penalty, mean_nll)
 from ._ops import logprobs, logprobs_backward
 from ._verify import Finding, FindingKind, VerifyReport, verify
+from ._watch import CallInfo, FindingsError, WatchReport, Watcher, watch
 
 __version__ = ffi.string(lib.tl_version()).decode()
 
@@ -62,9 +63,10 @@ def set_isa(name: str) -> None:
 
 __all__ = [
     "logprobs", "logprobs_backward", "forward_backward", "loss", "verify", "dump_call",
-    "load_call", "combine_results", "dpo_loss", "distillation_advantages", "mean_nll",
+    "load_call", "watch", "combine_results", "dpo_loss", "distillation_advantages", "mean_nll",
     "kl_estimate", "kl_penalty", "group_advantages", "datums_from_trajectory",
     "datum_from_sample", "Error", "Status", "ForwardBackwardResult", "LossResult",
-    "VerifyReport", "Finding", "FindingKind", "Call", "KL", "set_num_threads",
+    "VerifyReport", "Finding", "FindingKind", "Watcher", "WatchReport", "CallInfo",
+    "FindingsError", "Call", "KL", "set_num_threads",
     "get_num_threads", "isa", "supported_isas", "set_isa", "__version__",
 ]
