@@ -1,22 +1,25 @@
 #!/bin/sh
 # The install commands of the documentation, run as written: every ```sh
-# block that follows a line "<!-- install-test -->" in DOC runs in a fresh
+# block that follows a line "<!-- install-test -->" in the documentation
+# (README.md and docs/*.md, tests/tl_docs.py) runs in a fresh
 # shell whose HOME is an empty temporary folder and whose current folder is
 # a copy of the sources (so that the blocks' relative paths work),
-# with example.c the first C example of DOC. A block fails the test if it
-# fails.
-# usage: check_install.sh SOURCE_ROOT DOC
+# with example.c the first C example of the documentation (README.md's).
+# A block fails the test if it fails.
+# usage: check_install.sh SOURCE_ROOT
 set -eu
-src=$1 doc=$2
+src=$1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-/usr/bin/python3 - "$doc" "$tmp" <<'EOF'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8").read()
+/usr/bin/python3 - "$src" "$tmp" <<'EOF'
+import os, re, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from tl_docs import documentation
+text = documentation(sys.argv[1])
 blocks = re.findall(r"<!-- install-test -->\s*```sh\n(.*?)```", text, re.S)
 c = re.findall(r"```c\n(.*?)```", text, re.S)
 if not blocks or not c:
-    sys.exit("no install blocks or no C example in " + sys.argv[1])
+    sys.exit("no install blocks or no C example in the documentation")
 for i, b in enumerate(blocks):
     open(f"{sys.argv[2]}/block{i}.sh", "w").write(b)
 open(f"{sys.argv[2]}/example.c", "w").write(c[0])

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Compile and run every C example of README.md against the built library:
-the documentation must match the code.
-usage: check_readme.py README CC INCLUDE_DIR GENERATED_DIR LIBRARY
+"""Compile and run every C example of the documentation (README.md and
+docs/*.md, tests/tl_docs.py) against the built library: the documentation
+must match the code.
+usage: check_readme.py SOURCE_ROOT CC INCLUDE_DIR GENERATED_DIR LIBRARY
                        [EXTRA_FLAG...]"""
 import os
 import re
@@ -9,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 
+from tl_docs import documentation
 
-def main(readme, cc, inc, gen, lib, *extra):
-    with open(readme, encoding="utf-8") as f:
-        blocks = re.findall(r"```c\n(.*?)```", f.read(), re.S)
+
+def main(root, cc, inc, gen, lib, *extra):
+    blocks = re.findall(r"```c\n(.*?)```", documentation(root), re.S)
     if not blocks:
         print("no C examples found")
         return 1
@@ -36,7 +38,7 @@ def main(readme, cc, inc, gen, lib, *extra):
                 print(f"example {i} exits {r.returncode}:\n{r.stdout}{r.stderr}")
                 return 1
             print(f"example {i}: {r.stdout.strip().splitlines()[-1]}")
-    print(f"{len(blocks)} README examples compile and run")
+    print(f"{len(blocks)} C examples of the documentation compile and run")
     return 0
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""Every tinkerloss command the README shows, run as written.
+"""Every tinkerloss command the documentation (README.md and docs/*.md,
+tests/tl_docs.py) shows, run as written.
 
-usage: check_readme_cli.py README.md TINKERLOSS GOLDEN_DIR
+usage: check_readme_cli.py SOURCE_ROOT TINKERLOSS GOLDEN_DIR
 
 Each line of a ```sh block (other than those marked <!-- cli-test -->,
 which tests/test_cli.py runs whole) that starts with "./run.sh tinkerloss" or
 "tinkerloss" (with its backslash continuations) runs through bash, with
 the command replaced by the built executable, in a scratch directory
-holding the files the README's examples name: a request of two datums
+holding the files the examples name: a request of two datums
 (request.json), their logits (datum0.npy, datum1.npy), a dump of the call
 as a server would answer it (call.json), and the golden fixtures
 (golden/). Every command must succeed (exit status 0) and print something.
@@ -21,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 
-README, EXE, GOLDEN = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+from tl_docs import documentation
+
+ROOT, EXE, GOLDEN = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
 
 
 def commands(text):
@@ -79,8 +82,7 @@ def sandbox():
 
 
 def main():
-    with open(README, encoding="utf-8") as f:
-        cmds = commands(f.read())
+    cmds = commands(documentation(ROOT))
     d = sandbox()
     failed = 0
     for args in cmds:
@@ -92,7 +94,7 @@ def main():
         failed += not ok
     shutil.rmtree(d)
     if not cmds:
-        print("no tinkerloss command found in the README")
+        print("no tinkerloss command found in the documentation")
         failed = 1
     print(f"tl-check: {len(cmds) - failed} passed, {failed} failed")
     return 1 if failed else 0

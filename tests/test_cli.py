@@ -670,16 +670,17 @@ def _():
     assert rc == 0, err
 
 
-@case("README: the compute section's commands run as written")
+@case("docs: the compute section's commands run as written")
 def _():
     need("numpy", "torch")
     if not os.access("/usr/bin/time", os.X_OK):
         raise Skip("/usr/bin/time is not installed (Debian: time)")
-    with open(os.path.join(SOURCE, "README.md"), encoding="utf-8") as f:
-        blocks = re.findall(r"<!-- cli-test -->\s*```(sh|python)\n(.*?)```",
-                            f.read(), re.S)
+    sys.path.insert(0, os.path.join(SOURCE, "tests"))
+    from tl_docs import documentation
+    blocks = re.findall(r"<!-- cli-test -->\s*```(sh|python)\n(.*?)```",
+                        documentation(SOURCE), re.S)
     assert len(blocks) == 5, blocks
-    # a folder where the README's paths lead to the tool under test
+    # a folder where the documentation's paths lead to the tool under test
     work = os.path.join(TMP, "readme")
     os.makedirs(os.path.join(work, "build", "tools"))
     exe = os.path.abspath(EXE)

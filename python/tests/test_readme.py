@@ -1,4 +1,5 @@
-"""Every ```python example of README.md runs as written. Examples that use
+"""Every ```python example of the documentation (README.md and docs/*.md,
+tests/tl_docs.py) runs as written. Examples that use
 the SDK get stand-ins: `from tinker import types` imports the stand-in
 types of the current SDK generation, and `training_client` is a stand-in
 TrainingClient whose server computes with tinkerloss from a fixed model
@@ -23,8 +24,10 @@ EMBED = np.random.default_rng(42).standard_normal((V, V), dtype=np.float32)
 
 def blocks():
     root = os.environ.get("TL_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
-    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-        found = re.findall(r"(<!-- cli-test -->\s*)?```python\n(.*?)```", f.read(), re.S)
+    sys.path.insert(0, os.path.join(root, "tests"))
+    from tl_docs import documentation
+    found = re.findall(r"(<!-- cli-test -->\s*)?```python\n(.*?)```", documentation(root),
+                       re.S)
     return [code for marker, code in found if not marker]
 
 
@@ -57,7 +60,7 @@ def test_readme_example(index, fake_tinker, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = blocks()[index]
     namespace = {"__name__": f"readme_{index}", "training_client": new.TrainingClient(server)}
-    exec(compile(code, f"README.md python example {index}", "exec"), namespace)
+    exec(compile(code, f"documentation python example {index}", "exec"), namespace)
     out = capsys.readouterr().out
     assert out.strip(), "an example shows something"
     # what the examples promise in their comments

@@ -722,6 +722,6 @@ def watch(training_client, *, atol=None, rtol=None, on_finding="log") -> Watcher
     future the caller has not asked for, and never fails a call by its own
     error: what it cannot verify it logs, and counts in report().
     Verification costs time on the caller's thread when a result is
-    retrieved (result_async runs it in a worker thread); see the README for
+    retrieved (result_async runs it in a worker thread); see docs/python.md for
     a measured figure."""
     return Watcher(training_client, atol=atol, rtol=rtol, on_finding=on_finding)
