@@ -15,7 +15,8 @@ library), and times the same PPO call from Python (tinkerloss.
 forward_backward on float32 numpy arrays or bfloat16 torch tensors, the
 gradient into a buffer given with out=, as ppo_bench writes into its own;
 see python_buffers), and prints the medians, the speedup over PyTorch and
-Python's overhead over C.
+Python's overhead over C; torch_flt is PyTorch's minor page faults per
+call.
 
 Then, for float32 fwdbwd with the most threads, K rounds that alternate
 ppo_bench (R calls) and the Python call (R calls): the per-round medians,
@@ -35,6 +36,7 @@ without the Python package (./run.sh build) only PyTorch and C are timed.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +51,17 @@ def ppo_bench_ms(exe, n, v, dtype, mode, threads, repeat):
          "--threads", str(threads), "--repeat", str(repeat), "--json"],
         capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["ms_median"]
+
+
+def faults_per_call(fn, calls=2):
+    """Minor page faults per call of fn (getrusage): PyTorch's fresh output
+    and gradient tensors are faulted in at every call, whose cost varies
+    with the kernel, the machine and its load far more than the
+    arithmetic does."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def timed(fn, repeat):
@@ -134,8 +147,8 @@ def main():
 
     print(f"compare_torch: N = {n}, V = {v}, torch {torch.__version__}, "
           f"median of {args.repeat}")
-    print(f"{'dtype':5} {'mode':7} {'thr':>3} {'torch_ms':>10} {'tinkerloss_ms':>13} "
-          f"{'speedup':>8} {'python_ms':>10} {'py/C':>7}")
+    print(f"{'dtype':5} {'mode':7} {'thr':>3} {'torch_ms':>10} {'torch_flt':>9} "
+          f"{'tinkerloss_ms':>13} {'speedup':>8} {'python_ms':>10} {'py/C':>7}")
     for th in threads:
         torch.set_num_threads(th)
         for dtype_name, dt in (("f32", torch.float32), ("bf16", torch.bfloat16)):
@@ -158,6 +171,7 @@ def main():
 
             for mode, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
                 torch_ms = timed(fn, args.repeat)
+                torch_flt = faults_per_call(fn)
                 tl_ms = ppo_bench_ms(args.ppo_bench, n, v, dtype_name, mode, th, args.repeat)
                 py = ""
                 if tl is not None:
@@ -167,7 +181,7 @@ def main():
                     py_ms = timed(call, args.repeat)
                     del logits, out, call
                     py = f" {py_ms:10.2f} {100 * (py_ms / tl_ms - 1):+6.1f}%"
-                print(f"{dtype_name:5} {mode:7} {th:3d} {torch_ms:10.1f} "
+                print(f"{dtype_name:5} {mode:7} {th:3d} {torch_ms:10.1f} {torch_flt:9.0f} "
                       f"{tl_ms:13.2f} {torch_ms / tl_ms:7.1f}x{py}", flush=True)
     if tl is not None and args.rounds > 0:
         overhead(args, tl, torch, x32, t, adv, max(threads))
