@@ -456,24 +456,29 @@ body_grad(const void *x, int64_t v, const tl_gradcoef *cp, void *out,
         grad_loop(x, v, &cc, out, j0, j1, bf16_in, bf16_out, 0);
 }
 
+/* want_w and bf16 as constants: four specialisations of body_stats */
+static inline void stats_of(const void *x, int64_t v, float inv_t,
+                            int want_w, const tl_rowscratch *sc,
+                            tl_pending *pend, tl_rowstats *st, int bf16)
+{
+    if (want_w)
+        body_stats(x, v, inv_t, 1, sc, pend, st, bf16);
+    else
+        body_stats(x, v, inv_t, 0, sc, pend, st, bf16);
+}
+
 static void stats_f32(const void *x, int64_t v, float inv_t, int want_w,
                       const tl_rowscratch *sc, tl_pending *pend,
                       tl_rowstats *st)
 {
-    if (want_w)
-        body_stats(x, v, inv_t, 1, sc, pend, st, 0);
-    else
-        body_stats(x, v, inv_t, 0, sc, pend, st, 0);
+    stats_of(x, v, inv_t, want_w, sc, pend, st, 0);
 }
 
 static void stats_bf16(const void *x, int64_t v, float inv_t, int want_w,
                        const tl_rowscratch *sc, tl_pending *pend,
                        tl_rowstats *st)
 {
-    if (want_w)
-        body_stats(x, v, inv_t, 1, sc, pend, st, 1);
-    else
-        body_stats(x, v, inv_t, 0, sc, pend, st, 1);
+    stats_of(x, v, inv_t, want_w, sc, pend, st, 1);
 }
 
 static void scale_f32(const void *x, const float *e, int64_t v,
