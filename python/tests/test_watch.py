@@ -367,6 +367,15 @@ def test_every_other_attribute_is_the_clients():
     assert "futures" in dir(w) and "report" in dir(w)
 
 
+def test_a_shallow_copy_forwards_to_the_same_client():
+    # copy.copy makes an instance without __init__ and asks it for
+    # attributes before its state is in: no endless lookup
+    import copy
+    client = LazyClient(Server(new))
+    w = copy.copy(tl.watch(client))
+    assert w.watched_client is client and w.futures is client.futures
+
+
 def test_iterator_data_is_read_once_by_both():
     server = Server(new)
     w, seen = watched(new.TrainingClient(server))

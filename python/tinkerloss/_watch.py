@@ -480,7 +480,13 @@ class Watcher:
         return self._tl_client
 
     def __getattr__(self, name):
-        attr = getattr(self._tl_client, name)
+        # through __dict__: on an instance not yet initialised (copy.copy
+        # makes one and asks it for __setstate__) self._tl_client would
+        # come back here forever
+        client = self.__dict__.get("_tl_client")
+        if client is None:
+            raise AttributeError(name)
+        attr = getattr(client, name)
         if name in _WRAPPED and callable(attr):
             return self._tl_wrap(name, attr)
         return attr
