@@ -116,7 +116,8 @@ ARM_PACKAGES=(gcc-aarch64-linux-gnu qemu-user libc6:arm64 libgomp1:arm64
               check:arm64 libjansson-dev:arm64 libopenblas-dev:arm64)
 
 # Unit and golden suites of the arm64 build under emulation, each on the
-# NEON and the scalar tier (about 4 minutes on 2 cores).
+# NEON and the scalar tier, and ppo_bench's calls (about 3 minutes on 2
+# cores).
 run_arm64_tests() {
     if ! dpkg --print-foreign-architectures | grep -qx arm64; then
         log "adding the arm64 architecture (Debian multiarch)"
@@ -135,7 +136,7 @@ run_arm64_tests() {
     [ -z "${TL_ARM64_BUILD_ONLY:-}" ] || return 0
     meson test -C "$ARM_DIR" --no-rebuild \
         --num-processes "$(nproc)" --print-errorlogs \
-        --suite neon --suite scalar
+        --suite neon --suite scalar --suite bench-calls
 }
 
 run_bench() {
