@@ -220,6 +220,14 @@ TL_API tl_status tl_verify_text(tl_ctx *ctx, const char *text,
                                 void *user, int64_t *problems,
                                 tl_error *err);
 
+/* A finding as one line of text, as `tinkerloss verify` prints it:
+ * "FINDING " or "note: ", then the finding in words, without a newline.
+ * Writes at most size bytes, NUL included (snprintf's rule), and returns
+ * the line's length; a buffer of TL_FINDING_TEXT_MAX bytes always holds
+ * the whole line. */
+#define TL_FINDING_TEXT_MAX 1024
+TL_API size_t tl_finding_text(const tl_finding *f, char *buf, size_t size);
+
 /* What compute writes besides the logprobs and metrics. Zeroed (or NULL):
  * neither gradients nor files. */
 typedef struct tl_compute_opts {

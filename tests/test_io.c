@@ -712,6 +712,30 @@ START_TEST(test_compute_errors)
 }
 END_TEST
 
+/* tl_finding_text: the line, and snprintf's rule for a short buffer */
+START_TEST(test_finding_text)
+{
+    tl_finding f;
+    memset(&f, 0, sizeof f);
+    f.kind = TL_FINDING_POSITIVE;
+    strcpy(f.path, "response.loss_fn_outputs[1].logprobs");
+    f.datum = 1;
+    f.position = 40;
+    f.count = 3;
+    f.server = 0.5;
+    char buf[TL_FINDING_TEXT_MAX];
+    const char *want = "FINDING response.loss_fn_outputs[1].logprobs[40] = 0.5 "
+                       "is positive (a probability above 1); 3 positive "
+                       "values in all";
+    ck_assert_uint_eq(tl_finding_text(&f, buf, sizeof buf), strlen(want));
+    ck_assert_str_eq(buf, want);
+    char small[12];
+    ck_assert_uint_eq(tl_finding_text(&f, small, sizeof small), strlen(want));
+    ck_assert_str_eq(small, "FINDING res");
+    ck_assert_uint_eq(tl_finding_text(&f, NULL, 0), strlen(want));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("io");
@@ -728,6 +752,7 @@ int main(void)
     tcase_add_test(tc, test_verify_opts);
     tcase_add_test(tc, test_compute_errors);
     tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_finding_text);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -32,114 +32,13 @@ static void print_case(void *user, const tl_case_report *r)
     printf("\n");
 }
 
-/* The value at f's path and position, e.g. "response....logprobs[40]". */
-static const char *at(const tl_finding *f)
-{
-    static char buf[256];
-    if (f->position >= 0)
-        snprintf(buf, sizeof buf, "%s[%lld]", f->path, (long long)f->position);
-    else
-        snprintf(buf, sizeof buf, "%s", f->path);
-    return buf;
-}
-
-/* "; N in all" when a finding stands for several values. */
-static void in_all(const tl_finding *f, const char *what)
-{
-    if (f->count > 1)
-        printf("; %lld %s in all", (long long)f->count, what);
-    printf("\n");
-}
-
-static void print_metric(const tl_finding *f)
-{
-    printf("metric %s: server %.9g, %s %.9g, |difference| %.3g (tolerance "
-           "%.3g)%s\n", f->name, f->server,
-           f->local ? "from the logits" : "recomputed", f->recomputed,
-           fabs(f->server - f->recomputed), f->tolerance,
-           f->is_note ? (fabs(f->server - f->recomputed) > f->tolerance
-                             ? ": explained by the logprob differences"
-                             : "")
-                      : ": DISAGREES");
-}
-
-/* One finding as a line. */
+/* One finding as a line, in the library's words. */
 static void print_finding(void *user, const tl_finding *f)
 {
     (void)user;
-    const long long i = (long long)f->datum, j = (long long)f->position;
-    printf("%s ", f->is_note ? "note:" : "FINDING");
-    switch (f->kind) {
-    case TL_FINDING_TOKEN:
-        printf("%s: token %.0f is negative\n", at(f), f->server);
-        break;
-    case TL_FINDING_LENGTH:
-        printf("%s: model_input has %.0f positions but target_tokens has "
-               "length %.0f\n", f->path, f->server, f->recomputed);
-        break;
-    case TL_FINDING_SHIFT:
-        printf("%s: target_tokens[%lld] is %.0f but model_input[%lld] is "
-               "%.0f (targets must be the input shifted by one)", f->path, j,
-               f->server, j + 1, f->recomputed);
-        in_all(f, "positions");
-        break;
-    case TL_FINDING_UNSHIFTED:
-        printf("%s equals model_input: the targets are not shifted "
-               "(target_tokens must be model_input[1:] followed by the next "
-               "token)", f->path);
-        in_all(f, "datums");
-        break;
-    case TL_FINDING_OUTPUTS:
-        printf("%s has %.0f values but target_tokens has %.0f\n", f->path,
-               f->server, f->recomputed);
-        break;
-    case TL_FINDING_RESPONSE_VALUE:
-        printf("%s is %s", at(f), isnan(f->server) ? "missing (null or "
-               "\"nan\")" : "infinite");
-        in_all(f, "such values");
-        break;
-    case TL_FINDING_POSITIVE:
-        printf("%s = %.9g is positive (a probability above 1)", at(f),
-               f->server);
-        in_all(f, "positive values");
-        break;
-    case TL_FINDING_LOGPROB:
-        printf("%s: server %.9g, from the logits %.9g, |difference| %.3g "
-               "(tolerance %.3g)\n", at(f), f->server, f->recomputed,
-               fabs(f->server - f->recomputed), f->tolerance);
-        break;
-    case TL_NOTE_LOGPROBS:
-        printf("data[%lld] logprobs: largest |server - from the logits| "
-               "%.3g at position %lld (server %.9g, from the logits %.9g) "
-               "over %lld tokens\n", i, fabs(f->server - f->recomputed), j,
-               f->server, f->recomputed, (long long)f->count);
-        break;
-    case TL_FINDING_METRIC:
-    case TL_NOTE_METRIC:
-        print_metric(f);
-        break;
-    case TL_FINDING_METRIC_TYPE:
-        printf("%s is not a number\n", f->path);
-        break;
-    case TL_FINDING_NO_LOSS:
-        printf("response.metrics has no loss:sum to check (recomputed "
-               "%.9g)\n", f->recomputed);
-        break;
-    case TL_NOTE_UNCHECKED:
-        printf("metric %s = %.9g: not computed by tinkerloss, not checked\n",
-               f->name, f->server);
-        break;
-    case TL_NOTE_SKIPPED:
-        printf("the loss was not recomputed: the request or the response "
-               "is not consistent\n");
-        break;
-    case TL_NOTE_GAP:
-        printf("sampler vs trainer: %s = %.6g\n", f->name, f->recomputed);
-        break;
-    default: /* REQUEST, LOSS: the library's own words */
-        printf("%s%s\n", f->local ? "from the logits: " : "", f->message);
-        break;
-    }
+    char text[TL_FINDING_TEXT_MAX];
+    tl_finding_text(f, text, sizeof text);
+    printf("%s\n", text);
 }
 
 /* ---- the commands ---------------------------------------------------- */
